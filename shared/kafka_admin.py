@@ -68,7 +68,9 @@ def _raise_for_topic_errors(response: dict[str, object]) -> None:
         raise TopicCreationError("could not create topics: " + "; ".join(failures))
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float) -> None:
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float
+) -> None:
     """Creation returns before partitions have leaders; producing right away would fail."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
