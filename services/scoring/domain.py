@@ -241,7 +241,7 @@ class MarkBook:
         self._history_by_entry[mark.entry_id].append(mark)
         if mark.supersedes is not None:
             self._superseded_by[mark.supersedes] = mark.mark_id
-        # Re-insert so a corrected target keeps its first-marked position in the dict order.
+        # Assigning to an existing key keeps its position: a corrected target stays in place.
         self._current_by_entry[mark.entry_id][mark.target] = mark
         return AddOutcome.ADDED
 
