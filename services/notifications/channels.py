@@ -151,8 +151,10 @@ def build_email(sender: str, plan: DeliveryPlan, message: RenderedMessage) -> Em
     # A stable Message-ID lets mail clients fold a retried duplicate into one message.
     email["Message-ID"] = f"<{plan.notification_id}@jinchui>"
     email[DELIVERY_HEADER] = plan.delivery_key
+    # Base64 keeps the Chinese body intact through relays that lack 8BITMIME.
+    email.set_content(message.body, charset="utf-8", cte="base64")
+    # After set_content, which clears every Content-* header.
     email["Content-Language"] = "zh-CN" if message.language == "zh" else "en"
-    email.set_content(message.body, charset="utf-8")
     return email
 
 
@@ -247,16 +249,23 @@ class LiveFeedSubscription:
         self._queue: asyncio.Queue[LiveFeedItem | _Closed] = asyncio.Queue(maxsize=max_queue)
         self.leader_id = leader_id
         self.dropped = 0
-        self._closed = False
+        self._ended = False
 
-    def _offer(self, item: LiveFeedItem | _Closed) -> None:
+    def _offer(self, item: LiveFeedItem) -> None:
         if self._queue.full():
             # A slow browser must not hold memory hostage: lose its oldest item, count it.
             self._queue.get_nowait()
-            if not self._closed:
-                self.dropped += 1
-                self._feed.dropped_total += 1
+            self.dropped += 1
+            self._feed.dropped_total += 1
         self._queue.put_nowait(item)
+
+    def _end(self) -> None:
+        """No more items: the reader drains what is queued, then stops."""
+        self._ended = True
+        # Only an empty queue can have a reader blocked on it; a full one must not lose an
+        # item to make room for the wake-up sentinel.
+        if self._queue.empty():
+            self._queue.put_nowait(_CLOSED)
 
     def wants(self, item: LiveFeedItem) -> bool:
         return self.leader_id is None or self.leader_id == item.leader_id
@@ -269,19 +278,18 @@ class LiveFeedSubscription:
         return self
 
     async def __anext__(self) -> LiveFeedItem:
-        if self._closed and self._queue.empty():
+        if self._ended and self._queue.empty():
             raise StopAsyncIteration
         item = await self._queue.get()
         if isinstance(item, _Closed):
-            self._closed = True
             raise StopAsyncIteration
         return item
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        """Unsubscribe; a reader still gets what was already queued, then stops."""
+        if not self._ended:
             self._feed._unregister(self)
-            self._offer(_CLOSED)  # wakes a reader blocked in __anext__
+            self._end()
 
     async def __aenter__(self) -> LiveFeedSubscription:
         return self
@@ -323,7 +331,7 @@ class LiveFeed:
     def close(self) -> None:
         """End every subscription (on shutdown); queued items are still delivered first."""
         for subscription in tuple(self._subscribers):
-            subscription._offer(_CLOSED)
+            subscription._end()
         self._subscribers.clear()
 
     def _unregister(self, subscription: LiveFeedSubscription) -> None:
