@@ -231,7 +231,7 @@ class LiveFeedItem(BaseModel):
 
 
 class _Closed:
-    """Sentinel that ends a subscription when the feed closes."""
+    """Wake-up sentinel for a reader blocked on an empty queue when its subscription ends."""
 
 
 _CLOSED = _Closed()
