@@ -29,6 +29,21 @@ for _name, (_module, _help) in _SUBCOMMANDS.items():
             raise
 
 
+@app.command("demo")
+def demo_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="end with one JSON line of figures")
+    ] = False,
+    external: Annotated[
+        bool, typer.Option(help="use KAFKA_BOOTSTRAP_SERVERS and MONGODB_URL, start nothing")
+    ] = False,
+) -> None:
+    """Play a full scripted contest on the platform and show it as it happens."""
+    from jinchui.demo import demo
+
+    demo(as_json=as_json, external=external, state_dir=None)
+
+
 @app.command()
 def serve(
     service: Annotated[str, typer.Argument(help=f"one of {', '.join(SERVICES)}")],

@@ -98,7 +98,7 @@ def decode_token(settings: Settings, token: str) -> Principal:
     except jwt.PyJWTError as exc:
         raise Unauthenticated("token_invalid", f"the bearer token is invalid: {exc}") from exc
     try:
-        role = Role(claims.get("role"))
+        role = Role(str(claims.get("role")))
     except ValueError as exc:
         raise Unauthenticated("token_invalid", "the token names an unknown role") from exc
     scopes = claims.get("scope", [])

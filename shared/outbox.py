@@ -103,6 +103,7 @@ class Outbox:
             return_document=ReturnDocument.AFTER,
             session=session,
         )
+        assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
         last = int(counter["seq"])
         first = last - len(items) + 1
         docs = [
