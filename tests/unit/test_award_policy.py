@@ -189,7 +189,9 @@ def test_two_rules_for_one_award_type_point_at_the_second(tmp_path: Path) -> Non
 
 
 def test_duplicate_key_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
-    path, text = broken_district(tmp_path, "publicity_days: 7", "publicity_days: 7\npublicity_days: 9")
+    path, text = broken_district(
+        tmp_path, "publicity_days: 7", "publicity_days: 7\npublicity_days: 9"
+    )
 
     with pytest.raises(PolicyError) as caught:
         load_policy(path)
@@ -234,7 +236,11 @@ def test_empty_file_is_rejected_at_line_one(tmp_path: Path) -> None:
 
 def test_load_policies_rejects_a_file_whose_level_does_not_match_its_name(tmp_path: Path) -> None:
     shutil.copytree(DEFAULT_POLICY_DIR, tmp_path, dirs_exist_ok=True)
-    text = (tmp_path / "city.yaml").read_text(encoding="utf-8").replace("level: city", "level: district")
+    text = (
+        (tmp_path / "city.yaml")
+        .read_text(encoding="utf-8")
+        .replace("level: city", "level: district")
+    )
     (tmp_path / "city.yaml").write_text(text, encoding="utf-8")
 
     with pytest.raises(PolicyError) as caught:
