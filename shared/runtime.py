@@ -65,9 +65,7 @@ class ServiceRuntime:
             self.settings,
             client_id=f"jinchui-{name}",
             middlewares=[
-                dead_letter_middleware(
-                    broker_dead_letter_sink(lambda: self.broker), consumer=name
-                )
+                dead_letter_middleware(broker_dead_letter_sink(lambda: self.broker), consumer=name)
             ],
         )
         self.outbox = Outbox(self.db)
