@@ -293,16 +293,13 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _run_coro(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from sync code, even when an event loop is running.
+def run_coro(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, on a worker thread with its own loop.
 
-    start_infra is synchronous (a CLI and a pytest fixture call it); inside a running loop
-    the coroutine gets a loop of its own on a worker thread.
+    start_infra is synchronous (a CLI and pytest fixtures call it). A thread keeps us clear of
+    any loop the caller runs or has installed: asyncio.run in the caller's thread would fail
+    inside a running loop and reset the thread's current loop afterwards.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
@@ -333,7 +330,7 @@ async def _kafka_answers_async(bootstrap: str, timeout_s: float) -> bool:
 
 def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
     """True if a Kafka broker at `bootstrap` answers a metadata request listing a broker."""
-    return _run_coro(lambda: _kafka_answers_async(bootstrap, timeout_s))
+    return run_coro(lambda: _kafka_answers_async(bootstrap, timeout_s))
 
 
 def mongo_answers(url: str, timeout_s: float = 5.0, *, writable: bool = True) -> bool:
@@ -674,14 +671,16 @@ def _mongo_marker(state_dir: Path) -> str:
     return str(_mongo_dir(state_dir) / "data")
 
 
-def _initiate_replica_set(record: MongoRecord, timeout_s: float) -> None:
-    """Initiate the single-member set once, then wait for it to elect itself primary."""
+def initiate_replica_set(direct_url: str, member_host: str, timeout_s: float) -> None:
+    """Initiate a single-member replica set (once), then wait until it is a writable primary.
+
+    `direct_url` reaches the mongod with directConnection=true; `member_host` is the address
+    the set records for its member (what clients using ?replicaSet= will connect to).
+    """
     from pymongo import MongoClient
     from pymongo.errors import OperationFailure, PyMongoError
 
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        record.direct_url, serverSelectionTimeoutMS=2000
-    )
+    client: MongoClient[dict[str, Any]] = MongoClient(direct_url, serverSelectionTimeoutMS=2000)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -692,12 +691,12 @@ def _initiate_replica_set(record: MongoRecord, timeout_s: float) -> None:
                 if "setName" not in hello:  # fresh data: the set is not initiated yet
                     config = {
                         "_id": MONGO_REPLICA_SET,
-                        "members": [{"_id": 0, "host": f"{LOOPBACK}:{record.port}"}],
+                        "members": [{"_id": 0, "host": member_host}],
                     }
                     with contextlib.suppress(OperationFailure):  # AlreadyInitialized is fine
                         client.admin.command("replSetInitiate", config)
             except PyMongoError:
-                pass
+                pass  # not accepting connections yet
             if time.monotonic() > deadline:
                 raise InfraError(f"MongoDB replica set not primary within {timeout_s:.0f}s")
             time.sleep(0.2)
@@ -754,7 +753,7 @@ def start_mongo(
             what="mongod",
             log=log,
         )
-        _initiate_replica_set(record, MONGO_START_TIMEOUT_S)
+        initiate_replica_set(record.direct_url, f"{LOOPBACK}:{port}", MONGO_START_TIMEOUT_S)
     return record
 
 
@@ -884,7 +883,7 @@ def start_infra(
 
     if create_topics:
         with _console(console).status("Creating topics…"):
-            _run_coro(lambda: ensure_topics(bootstrap, ALL_TOPICS))
+            run_coro(lambda: ensure_topics(bootstrap, ALL_TOPICS))
 
     handle = InfraHandle(
         state_dir=state_dir,
