@@ -1,0 +1,302 @@
+"""The shared plumbing against a real Kafka broker and a real MongoDB replica set:
+outbox relay order, exactly-once consumption, dead-lettering, and the HTTP edge."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, TypeAdapter
+
+from shared import topics
+from shared.auth import Principal, Role, issue_token, require
+from shared.errors import DomainError
+from shared.events import (
+    CompetitionLevel,
+    CompetitionRef,
+    EventFinalized,
+    EventFormat,
+    EventRef,
+    EventResultsPayload,
+    ResultsEvent,
+    encode_event,
+    new_event,
+    utc_now,
+)
+from shared.http import audit, create_http_app
+from shared.kafka import consumer_options, strict_decoder
+from shared.mongo import Session
+from shared.outbox import OUTBOX
+from shared.runtime import AUDIT, ServiceRuntime
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def settings_for(infra: Any, db_prefix: str, **overrides: Any) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=infra.kafka_bootstrap,
+        mongodb_url=infra.mongodb_url,
+        kafka_idempotence=infra.kafka_idempotence,
+        mongodb_db_prefix=db_prefix,
+        **overrides,
+    )
+
+
+def results_event(event_id: str, version: int = 1) -> EventFinalized:
+    payload = EventResultsPayload(
+        competition=CompetitionRef(
+            competition_id="c-" + event_id, name="测试赛", year=2026, level=CompetitionLevel.CITY
+        ),
+        event=EventRef(
+            event_id=event_id, name="叉车", trade="叉车司机", format=EventFormat.INDIVIDUAL
+        ),
+        version=version,
+        entrants=0,
+        lines=(),
+        finalised_by="chief",
+        finalised_at=utc_now(),
+    )
+    event = new_event(EventFinalized, payload, producer="test", correlation_id="corr-" + event_id)
+    assert isinstance(event, EventFinalized)
+    return event
+
+
+async def read_topic(
+    bootstrap: str, topic: str, predicate: Any, count: int, timeout: float = 20.0
+) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(found) < count and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                found.extend(r for r in records if predicate(r))
+    finally:
+        await consumer.stop()
+    return found
+
+
+@pytest.fixture
+async def runtime(infra: Any, db_prefix: str) -> AsyncIterator[ServiceRuntime]:
+    rt = ServiceRuntime("plumbing", settings_for(infra, db_prefix))
+    yield rt
+
+
+async def test_outbox_relay_publishes_committed_events_in_order(
+    infra: Any, runtime: ServiceRuntime
+) -> None:
+    event_id = "ev-" + uuid.uuid4().hex[:8]
+    events = [results_event(event_id, version=v) for v in range(1, 31)]
+    await runtime.start()
+    try:
+        for start in range(0, 30, 10):
+
+            async def work(
+                session: Session, chunk: list[EventFinalized] = events[start : start + 10]
+            ) -> None:
+                await runtime.outbox.add_many(
+                    session, [(topics.SCORING_RESULTS, event_id, e) for e in chunk]
+                )
+
+            await runtime.transact(work)
+
+        async def aborted(session: Session) -> None:
+            await runtime.outbox.add(
+                session, topics.SCORING_RESULTS, event_id, results_event(event_id, 99)
+            )
+            raise RuntimeError("rolled back on purpose")
+
+        with pytest.raises(RuntimeError):
+            await runtime.transact(aborted)
+
+        records = await read_topic(
+            infra.kafka_bootstrap, topics.SCORING_RESULTS, lambda r: r.key == event_id.encode(), 30
+        )
+        remaining = await runtime.db[OUTBOX].count_documents({"published": False})
+    finally:
+        await runtime.stop()
+    versions = [TypeAdapter(ResultsEvent).validate_json(r.value).payload.version for r in records]
+    assert versions == list(range(1, 31)), "relay must publish every committed event, in order"
+    assert {r.partition for r in records} == {records[0].partition}
+    assert remaining == 0
+
+
+async def test_consume_once_applies_a_redelivered_event_once(runtime: ServiceRuntime) -> None:
+    event = results_event("ev-" + uuid.uuid4().hex[:8])
+
+    async def work(session: Session) -> None:
+        await runtime.db["effects"].update_one(
+            {"_id": "counter"}, {"$inc": {"n": 1}}, upsert=True, session=session
+        )
+
+    first = await runtime.consume_once(event, work)
+    second = await runtime.consume_once(event, work)
+    assert (first, second) == (True, False)
+    assert (await runtime.db["effects"].find_one({"_id": "counter"}))["n"] == 1  # type: ignore[index]
+    await runtime.client.close()
+
+
+class Rejected(DomainError):
+    pass
+
+
+async def test_poison_and_rule_breaking_messages_go_to_the_dead_letter_topic(
+    infra: Any, runtime: ServiceRuntime
+) -> None:
+    topic = "plumbing-" + uuid.uuid4().hex[:8]
+    handled: list[str] = []
+
+    @runtime.broker.subscriber(
+        topic,
+        decoder=strict_decoder(TypeAdapter(ResultsEvent)),
+        **consumer_options(runtime.group_id(topic)),
+    )
+    async def on_results(event: ResultsEvent) -> None:
+        if event.payload.event.event_id.startswith("reject"):
+            raise Rejected("test_rule", "this event breaks a rule", field="payload.event")
+        handled.append(event.payload.event.event_id)
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    await runtime.start()
+    try:
+        await producer.send_and_wait(topic, b"not json at all")
+        await producer.send_and_wait(topic, b'{"event_type": "EventFinalized", "payload": {}}')
+        await producer.send_and_wait(topic, encode_event(results_event("reject-me")))
+        await producer.send_and_wait(topic, encode_event(results_event("good-one")))
+        for _ in range(100):
+            if handled:
+                break
+            await asyncio.sleep(0.1)
+        dead = await read_topic(infra.kafka_bootstrap, topics.dlq(topic), lambda r: True, 3)
+    finally:
+        await producer.stop()
+        await runtime.stop()
+    assert handled == ["good-one"], "a poison message must not stop the consumer"
+    reasons = [dict(r.headers)["dlq_reason"].decode() for r in dead]
+    assert len(dead) == 3
+    assert "Invalid JSON" in reasons[0]
+    assert "event_id" in reasons[1] or "Field required" in reasons[1]
+    assert "breaks a rule" in reasons[2]
+    assert all(dict(r.headers)["dlq_original_topic"].decode() == topic for r in dead)
+
+
+class Echo(BaseModel):
+    name: str
+    count: int
+
+
+async def test_http_edge_auth_limits_errors_health_and_audit(infra: Any, db_prefix: str) -> None:
+    settings = settings_for(infra, db_prefix, max_body_bytes=2048)
+    runtime = ServiceRuntime("edge", settings)
+    router = APIRouter()
+
+    @router.post("/echo/{union_id}")
+    async def echo(
+        union_id: str,
+        body: Echo,
+        principal: Annotated[Principal, Depends(require(Role.UNION_OFFICER, Role.ADMIN))],
+    ) -> dict[str, Any]:
+        principal.require_scope("union", union_id)
+
+        async def work(session: Session) -> None:
+            await audit(runtime, session, principal, "echo", union_id, {"name": body.name})
+
+        await runtime.transact(work)
+        return {"name": body.name, "count": body.count}
+
+    app = create_http_app(runtime, [router], title="edge test")
+    import shared.settings as settings_module
+
+    settings_module.get_settings.cache_clear()
+    token = issue_token(settings, subject="o1", role=Role.UNION_OFFICER, scopes=["union:u1"])
+    judge = issue_token(settings, subject="j1", role=Role.JUDGE, scopes=["event:e1"])
+    expired = issue_token(
+        settings,
+        subject="o1",
+        role=Role.UNION_OFFICER,
+        scopes=["union:u1"],
+        ttl=timedelta(seconds=-5),
+    )
+    forged = issue_token(
+        settings.model_copy(update={"jwt_secret": "x" * 40}),
+        subject="o1",
+        role=Role.ADMIN,
+        scopes=["*"],
+    )
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("JINCHUI_JWT_SECRET", settings.jwt_secret)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+                ok = await client.post(
+                    "/echo/u1",
+                    json={"name": "张三", "count": 1},
+                    headers={"Authorization": f"Bearer {token}", "X-Correlation-ID": "abc"},
+                )
+                assert ok.status_code == 200, ok.text
+                assert ok.headers["X-Correlation-ID"] == "abc"
+                missing = await client.post("/echo/u1", json={"name": "a", "count": 1})
+                assert missing.status_code == 401
+                assert missing.json()["error"]["rule"] == "token_missing"
+                for bad, rule in ((expired, "token_expired"), (forged, "token_invalid")):
+                    r = await client.post(
+                        "/echo/u1",
+                        json={"name": "a", "count": 1},
+                        headers={"Authorization": f"Bearer {bad}"},
+                    )
+                    assert (r.status_code, r.json()["error"]["rule"]) == (401, rule)
+                wrong_role = await client.post(
+                    "/echo/u1",
+                    json={"name": "a", "count": 1},
+                    headers={"Authorization": f"Bearer {judge}"},
+                )
+                assert wrong_role.status_code == 403
+                other_union = await client.post(
+                    "/echo/u2",
+                    json={"name": "a", "count": 1},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert (other_union.status_code, other_union.json()["error"]["field"]) == (
+                    403,
+                    "union",
+                )
+                invalid = await client.post(
+                    "/echo/u1",
+                    json={"name": "a", "count": "many"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert invalid.status_code == 422
+                assert invalid.json()["error"]["field"] == "count"
+                huge = await client.post(
+                    "/echo/u1",
+                    content=b'{"name": "' + b"x" * 5000 + b'", "count": 1}',
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json",
+                    },
+                )
+                assert huge.status_code == 413
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200, ready.text
+                assert ready.json()["checks"] == {"mongodb": True, "kafka": True, "started": True}
+                spec = await client.get("/asyncapi.json")
+                assert spec.json()["asyncapi"].startswith("3.")
+            audited = await runtime.db[AUDIT].find({"action": "echo"}).to_list()
+    finally:
+        monkey.undo()
+        settings_module.get_settings.cache_clear()
+    assert [(a["actor"], a["target"]) for a in audited] == [("o1", "u1")]
