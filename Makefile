@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test up down status lint bench security deploy-check faults clean
+.PHONY: install system-deps demo test up down status lint bench security deploy-check faults clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian packages the tests need on a bare machine: mongod links libcurl, the leadership-page
+# test drives Debian's chromium. Installed only when missing, and only where we may (root+apt).
+system-deps:
+	@missing=""; \
+	ldconfig -p | grep -q libcurl.so.4 || missing="$$missing libcurl4"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null)) || \
+	     echo "warning: could not install$$missing"; \
+	  else echo "warning: missing Debian packages:$$missing (tests needing them say so)"; fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/jinchui demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -ra
 
 up: $(STAMP)
