@@ -531,7 +531,7 @@ def test_competition_year_range() -> None:
     ],
 )
 def test_event_team_size_bounds(event_format: EventFormat, min_size: int, max_size: int) -> None:
-    with pytest.raises(InvalidDefinition, match="member|team_size"):
+    with pytest.raises(InvalidDefinition, match=r"member|team_size"):
         Event(
             "E1",
             "C1",
