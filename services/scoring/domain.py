@@ -55,6 +55,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from itertools import combinations
 
+from shared.errors import DomainError
 from shared.events import (
     MarkRecordedPayload,
     Member,
@@ -80,19 +81,23 @@ def round_score(value: Decimal) -> Decimal:
 # --- errors ---------------------------------------------------------------------------------
 
 
-class ScoringError(Exception):
-    """A domain rule was broken. `rule` is a stable code; `field` names the offending input."""
+class ScoringError(DomainError):
+    """A domain rule was broken. `rule` is a stable code; `field` names the offending input.
+
+    A `DomainError`, so the HTTP edge answers it with its `status_code` (422 unless a subclass
+    says otherwise) and consumers dead-letter it.
+    """
 
     rule: str = "scoring"
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(type(self).rule, message, field)
         self.message = message
-        self.field = field
 
 
 class MarkConflict(ScoringError):
     rule = "mark.id_conflict"
+    status_code = 409
 
 
 class InvalidCorrection(ScoringError):
@@ -113,14 +118,17 @@ class InvalidMarkTarget(ScoringError):
 
 class JudgeNotAssigned(ScoringError):
     rule = "judge.not_assigned"
+    status_code = 403
 
 
 class ConflictOfInterest(ScoringError):
     rule = "judge.conflict_of_interest"
+    status_code = 403
 
 
 class NotChiefJudge(ScoringError):
     rule = "resolution.not_chief_judge"
+    status_code = 403
 
 
 class InvalidResolution(ScoringError):
