@@ -51,3 +51,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .jinchui
+
+deploy-check: $(STAMP)
+	$(BIN)/python -m jinchui.deploycheck
