@@ -4,7 +4,7 @@ health and readiness, the AsyncAPI document, and the audit trail of writes."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,17 +31,22 @@ def error_body(rule: str, reason: str, field: str | None = None) -> dict[str, An
 class BodyLimitMiddleware:
     """Refuse request bodies above the limit with 413 before they are read into memory."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Exact paths allowed a different limit (e.g. a bulk-import route).
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(send, max_bytes)
             return
         received = 0
 
@@ -50,18 +55,18 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            await self._refuse(send)
+            await self._refuse(send, max_bytes)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
         response = JSONResponse(
-            error_body("body_too_large", f"request body exceeds {self.max_bytes} bytes", "body"),
+            error_body("body_too_large", f"request body exceeds {max_bytes} bytes", "body"),
             status_code=413,
         )
         await response({"type": "http"}, _empty_receive, send)
@@ -133,6 +138,7 @@ def create_http_app(
     *,
     title: str,
     description: str = "",
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -166,7 +172,9 @@ def create_http_app(
     async def asyncapi() -> dict[str, Any]:
         return runtime.asyncapi_document(title, description)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes, path_limits=body_limits
+    )
     app.add_middleware(CorrelationMiddleware)
     return app
 

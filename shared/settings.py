@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     smtp_port: int = 2525
     smtp_sender: str = "jinchui@localhost"
     max_body_bytes: int = 2 * 1024 * 1024
+    # Bulk entry import (100,000 rows) needs more than the global JSON limit, on that route only.
+    max_import_bytes: int = 32 * 1024 * 1024
+    # Key of the HMAC that stores national ids hashed; the default is for development only.
+    national_id_pepper: str = Field(default="dev-only-national-id-pepper-0123456789", min_length=16)
     max_batch_items: int = 5000
     log_level: str = "INFO"
     publicity_days: int = 7
