@@ -44,6 +44,9 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/jinchui infra status
 
+bench: $(STAMP)
+	$(BIN)/jinchui bench
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

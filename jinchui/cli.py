@@ -20,6 +20,7 @@ app.add_typer(token_app, name="token")
 # Sub-apps that live beside the code they drive; each module exposes `app`.
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infra": ("jinchui.infra", "Start, stop and inspect the local Kafka and MongoDB."),
+    "bench": ("jinchui.bench", "Measure the platform beside raw floors on this machine."),
 }
 for _name, (_module, _help) in _SUBCOMMANDS.items():
     try:
