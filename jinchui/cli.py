@@ -21,6 +21,7 @@ app.add_typer(token_app, name="token")
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infra": ("jinchui.infra", "Start, stop and inspect the local Kafka and MongoDB."),
     "bench": ("jinchui.bench", "Measure the platform beside raw floors on this machine."),
+    "db": ("jinchui.dbinit", "MongoDB housekeeping (indexes)."),
 }
 for _name, (_module, _help) in _SUBCOMMANDS.items():
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from jinchui.play import Player, PlayResult
 from jinchui.scenario import Scenario, build_scenario
 from jinchui.stack import Stack
 from shared.events import utc_now
-from shared.settings import Settings
+from shared.settings import SERVICES, Settings
 
 AWARD_LABELS = {
     "may_day_labour_medal": "五一劳动奖章 May Day Labour Medal",
@@ -141,6 +142,12 @@ def awards_table(result: PlayResult) -> Table:
     return table
 
 
+def running_services() -> dict[str, str] | None:
+    """URLs of already running services (JINCHUI_<SERVICE>_URL), as under docker compose."""
+    urls = {name: os.environ.get(f"JINCHUI_{name.upper()}_URL", "") for name in SERVICES}
+    return urls if all(urls.values()) else None
+
+
 async def run_demo(console: Console, *, external: bool, state_dir: Path | None) -> dict[str, Any]:
     console.print(Panel.fit("金锤 Jinchui · 即时授予 immediate awarding demo", style="bold red"))
     with console.status("Starting Kafka and MongoDB…"):
@@ -153,24 +160,31 @@ async def run_demo(console: Console, *, external: bool, state_dir: Path | None) 
         mongodb_url=env.get("MONGODB_URL", Settings().mongodb_url),
     )
     stamp = utc_now().strftime("%H%M%S")
-    log_dir = Path(tempfile.mkdtemp(prefix="jinchui-demo-"))
-    stack = Stack.create(
-        kafka_bootstrap=settings.kafka_bootstrap_servers,
-        mongodb_url=settings.mongodb_url,
-        kafka_idempotence=infra.kafka_idempotence if infra else settings.kafka_idempotence,
-        db_prefix=f"demo{stamp}",
-        log_dir=log_dir,
-    )
+    running = running_services() if external else None
+    stack = None
+    if running is None:
+        stack = Stack.create(
+            kafka_bootstrap=settings.kafka_bootstrap_servers,
+            mongodb_url=settings.mongodb_url,
+            kafka_idempotence=infra.kafka_idempotence if infra else settings.kafka_idempotence,
+            db_prefix=f"demo{stamp}",
+            log_dir=Path(tempfile.mkdtemp(prefix="jinchui-demo-")),
+        )
     try:
-        with console.status("Starting the four services…"):
-            stack.start()
-        for name, service in stack.services.items():
-            console.print(f"  {name:<14} {service.url}  (log {service.log_path})")
+        if stack is not None:
+            with console.status("Starting the four services…"):
+                stack.start()
+            for name, service in stack.services.items():
+                console.print(f"  {name:<14} {service.url}  (log {service.log_path})")
+            urls = {name: s.url for name, s in stack.services.items()}
+        else:
+            assert running is not None
+            urls = running
         console.print(
-            f"  [bold]leadership page:[/bold] {stack.url('notifications')}/  "
+            f"  [bold]leadership page:[/bold] {urls['notifications']}/  "
             "(open it in a browser while the demo runs)"
         )
-        platform = Platform({name: s.url for name, s in stack.services.items()})
+        platform = Platform(urls)
         scenario = build_scenario(utc_now(), tag=f"demo{stamp}")
         player = Player(
             platform,
@@ -199,8 +213,9 @@ async def run_demo(console: Console, *, external: bool, state_dir: Path | None) 
         )
         return summary
     finally:
-        with console.status("Stopping services…"):
-            stack.stop()
+        if stack is not None:
+            with console.status("Stopping services…"):
+                stack.stop()
         if infra and infra.managed:
             with console.status("Stopping Kafka and MongoDB…"):
                 infra.stop()
