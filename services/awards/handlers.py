@@ -138,8 +138,12 @@ class AwardsService:
         state = await self.repo.competition_state(competition.competition_id, session) or {}
         results = await self.repo.applied_results(competition.competition_id, session)
         finished = {r.event.event_id for r in results}
+        published = set(state.get("event_ids", []))
+        if not published:
+            # Without EventPublished we cannot know how many events the competition has.
+            return Applied(ignored=True, note="competition's events not known yet")
         # An event known only from its result (its EventPublished still on the way) counts too.
-        all_event_ids = set(state.get("event_ids", [])) | finished
+        all_event_ids = published | finished
         if all_event_ids - finished:
             return Applied(ignored=True, note="competition not finished")
         decisions: list[Decision] = decide_organisation_award(

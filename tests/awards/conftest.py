@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from pydantic import TypeAdapter
 
@@ -142,12 +142,15 @@ class DecisionLog:
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topics.AWARDS_DECISIONS, bootstrap_servers=self.bootstrap, enable_auto_commit=False
+        )
         await consumer.start()
-        await consumer.topics()  # load metadata
-        partitions = consumer.partitions_for_topic(topics.AWARDS_DECISIONS) or set()
-        assignment = [TopicPartition(topics.AWARDS_DECISIONS, p) for p in sorted(partitions)]
-        consumer.assign(assignment)
+        deadline = time.monotonic() + 10.0
+        while not consumer.assignment():  # without a group, every partition once metadata is in
+            assert time.monotonic() < deadline, "no partitions of awards.decisions assigned"
+            await asyncio.sleep(0.05)
+        assignment = sorted(consumer.assignment())
         await consumer.seek_to_end(*assignment)
         for tp in assignment:
             await consumer.position(tp)  # pin the start before anything is published

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo.errors import DuplicateKeyError
 
 from services.awards.app import POLICY_DIR_ENV, create_app
-from services.awards.policy import DEFAULT_POLICY_DIR, PolicyError
-from services.awards.repository import AWARDS
+from services.awards.handlers import AwardsService
+from services.awards.policy import DEFAULT_POLICY_DIR, PolicyError, load_policies
+from services.awards.repository import AWARDS, AwardsRepository
 from shared.auth import Role
 from shared.events import AwardGranted, AwardType, EventFormat, Member, ResultLine
 from shared.settings import Settings
@@ -423,3 +425,46 @@ def test_a_broken_policy_file_stops_the_service(
     message = str(refused.value)
     assert message.startswith(f"district.yaml line {broken_line}, field rules[2].rank_to:"), message
     assert refused.value.line == broken_line and refused.value.field == "rules[2].rank_to"
+
+
+async def test_concurrent_results_cannot_give_a_person_two_medals_in_a_year(
+    awards: AwardsUnderTest,
+) -> None:
+    """Two instances deciding two events at once: the level/year lock serialises them."""
+    runtime = awards.app.state.runtime
+    service = AwardsService(runtime, AwardsRepository(runtime.db), load_policies())
+    cid, union, champion = unique("c-race"), unique("u"), unique("w-champ")
+    comp = competition(cid)
+    envelopes = [
+        finalized(
+            results(
+                comp,
+                event_ref(unique("ev")),
+                [person_line(unique("en"), 1, champion, union_id=union)],
+            )
+        )
+        for _ in range(2)
+    ]
+
+    async def decide(envelope: Any) -> Any:
+        async def work(session: Any) -> Any:
+            return await service.apply_result(envelope, session)
+
+        return await runtime.transact(work)
+
+    outcomes = await asyncio.gather(*(decide(e) for e in envelopes))
+    assert sum(len(o.granted) for o in outcomes) == 3  # one medal, two technical experts
+    medals = await awards.db[AWARDS].count_documents(
+        {"competition.competition_id": cid, "award_type": MDL.value, "status": "granted"}
+    )
+    assert medals == 1
+
+
+async def test_the_store_refuses_a_second_standing_award_with_the_same_key(
+    awards: AwardsUnderTest,
+) -> None:
+    existing = await awards.db[AWARDS].find_one({"status": "granted"})
+    assert existing is not None
+    duplicate = {**existing, "_id": unique("aw"), "award_id": "copy", "once_key": unique("k")}
+    with pytest.raises(DuplicateKeyError):
+        await awards.db[AWARDS].insert_one(duplicate)
