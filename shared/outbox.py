@@ -69,7 +69,13 @@ class OutgoingRecord:
         self.headers = headers
 
 
-def outbox_document(seq: int, topic: str, key: str, event: Envelope[Any]) -> dict[str, Any]:
+def outbox_document(
+    seq: int,
+    topic: str,
+    key: str,
+    event: Envelope[Any],
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     return {
         "_id": seq,
         "topic": topic,
@@ -78,6 +84,7 @@ def outbox_document(seq: int, topic: str, key: str, event: Envelope[Any]) -> dic
         "event_type": event.event_type,
         "correlation_id": event.correlation_id,
         "value": event.model_dump_json(),
+        "headers": headers or {},
         "published": False,
         "created_at": utc_now(),
     }
@@ -87,8 +94,32 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, session: Session, topic: str, key: str, event: Envelope[Any]) -> int:
-        return (await self.add_many(session, [(topic, key, event)]))[0]
+    async def add(
+        self,
+        session: Session,
+        topic: str,
+        key: str,
+        event: Envelope[Any],
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """Append one event; `headers` travel as Kafka headers (e.g. a dead-letter reason)."""
+        counter = await self._next_sequence(session, 1)
+        await self._db[OUTBOX].insert_one(
+            outbox_document(counter, topic, key, event, headers), session=session
+        )
+        return counter
+
+    async def _next_sequence(self, session: Session, count: int) -> int:
+        """Reserve `count` sequence numbers; returns the last one."""
+        counter = await self._db[COUNTERS].find_one_and_update(
+            {"_id": OUTBOX},
+            {"$inc": {"seq": count}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
+        return int(counter["seq"])
 
     async def add_many(
         self, session: Session, items: Sequence[tuple[str, str, Envelope[Any]]]
@@ -96,15 +127,7 @@ class Outbox:
         """Append events in order; one counter bump per call keeps batches cheap."""
         if not items:
             return []
-        counter = await self._db[COUNTERS].find_one_and_update(
-            {"_id": OUTBOX},
-            {"$inc": {"seq": len(items)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
-        last = int(counter["seq"])
+        last = await self._next_sequence(session, len(items))
         first = last - len(items) + 1
         docs = [
             outbox_document(first + i, topic, key, event)
@@ -216,7 +239,7 @@ class OutboxRelay:
                 value=d["value"].encode(),
                 event_id=d["event_id"],
                 event_type=d["event_type"],
-                headers={"correlation_id": d.get("correlation_id", "")},
+                headers={**d.get("headers", {}), "correlation_id": d.get("correlation_id", "")},
             )
             for d in docs
         ]

@@ -231,7 +231,18 @@ class DeliveryWorker:
             if next_at is None:
                 await self._emit_outcome(session, NotificationFailed, record, decision, now)
                 await self._runtime.outbox.add(
-                    session, DECISIONS_DLQ, decision.payload.recipient.recipient_id, decision
+                    session,
+                    DECISIONS_DLQ,
+                    decision.payload.recipient.recipient_id,
+                    decision,
+                    headers={
+                        "dlq_reason": f"{plan.channel} delivery to {plan.leader_id} failed "
+                        f"after {len(record.attempts)} attempts: {error.reason}"[:4000],
+                        "dlq_error_type": "DeliveryFailed",
+                        "dlq_original_topic": topics.AWARDS_DECISIONS,
+                        "dlq_consumer": "notifications",
+                        "dlq_attempts": str(len(record.attempts)),
+                    },
                 )
 
         await self._runtime.transact(work)

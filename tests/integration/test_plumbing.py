@@ -187,9 +187,10 @@ async def test_poison_and_rule_breaking_messages_go_to_the_dead_letter_topic(
     assert handled == ["good-one"], "a poison message must not stop the consumer"
     reasons = [dict(r.headers)["dlq_reason"].decode() for r in dead]
     assert len(dead) == 3
-    assert "Invalid JSON" in reasons[0]
-    assert "event_id" in reasons[1] or "Field required" in reasons[1]
-    assert "breaks a rule" in reasons[2]
+    # The dead-letter topic has several partitions: the order across them is not defined.
+    assert any("Invalid JSON" in r for r in reasons)
+    assert any("event_id: Field required" in r for r in reasons)
+    assert any("breaks a rule" in r for r in reasons)
     assert all(dict(r.headers)["dlq_original_topic"].decode() == topic for r in dead)
 
 
