@@ -336,7 +336,7 @@ class Idempotency:
     async def _stored(self) -> JSONResponse | None:
         assert self.key is not None
         doc = await self.service.repo.remembered(self.key)
-        if doc is None:
+        if doc is None or doc.get("status") is None:
             return None
         if doc["request_hash"] != self.request_hash:
             raise Conflict(
@@ -351,20 +351,34 @@ class Idempotency:
     def finisher(self, status: int, shape: Any) -> Finish | None:
         if self.key is None:
             return None
-        key = self.key
-
-        async def remember(session: Session, result: Any) -> None:
-            body = shape(result).model_dump(mode="json")
-            if not await self.service.repo.remember(key, self.request_hash, status, body, session):
-                raise _Replay
-
-        return remember
+        return _Remember(self, status, shape)
 
     async def replay(self) -> JSONResponse:
         stored = await self._stored()
         if stored is None:  # pragma: no cover - the concurrent request's record is committed
             raise Conflict("idempotency_in_flight", "retry this request", "Idempotency-Key")
         return stored
+
+
+class _Remember:
+    """Claims the key first in the write's transaction (a concurrent request with the same key
+    then waits on it and replays), stores the response last."""
+
+    def __init__(self, idem: Idempotency, status: int, shape: Any) -> None:
+        self.idem = idem
+        self.status = status
+        self.shape = shape
+
+    async def claim(self, session: Session) -> None:
+        assert self.idem.key is not None
+        repo = self.idem.service.repo
+        if not await repo.claim_key(self.idem.key, self.idem.request_hash, session):
+            raise _Replay
+
+    async def complete(self, session: Session, result: Any) -> None:
+        assert self.idem.key is not None
+        body = self.shape(result).model_dump(mode="json")
+        await self.idem.service.repo.complete_key(self.idem.key, self.status, body, session)
 
 
 IdempotencyKey = Annotated[

@@ -2,7 +2,7 @@
 
 Each write runs in ONE MongoDB transaction that stores the state change, appends its events
 to the outbox and records the audit line, so nothing is stored without its event or the
-reverse. Callers (the HTTP edge) may pass `finish`, a coroutine run last inside the same
+reverse. Callers (the HTTP edge) may pass `finish`, work run first and last inside the same
 transaction (the idempotency record of the response).
 
 The rules the database itself enforces under concurrency (repository.py): a worker holds at
@@ -19,7 +19,7 @@ import gc
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from services.registration.bulk import (
     EntryRow,
@@ -72,8 +72,16 @@ PRODUCER = "registration"
 IMPORT_CHUNK_ROWS = 5_000
 IMPORT_RACE_ATTEMPTS = 3
 T = TypeVar("T")
-# Extra work run last inside a use case's transaction, given the session and its result.
-Finish = Callable[[Session, Any], Awaitable[None]]
+
+
+class Finish(Protocol):
+    """Work a caller adds to a use case's transaction: `claim` runs first, `complete` last
+    (with the result). The HTTP edge uses it for the idempotency record of the response."""
+
+    async def claim(self, session: Session) -> None: ...
+
+    async def complete(self, session: Session, result: Any) -> None: ...
+
 
 log = get_logger(__name__)
 
@@ -173,9 +181,11 @@ class RegistrationService:
 
     async def _transact(self, work: Callable[[Session], Awaitable[T]], finish: Finish | None) -> T:
         async def unit(session: Session) -> T:
+            if finish is not None:
+                await finish.claim(session)
             result = await work(session)
             if finish is not None:
-                await finish(session, result)
+                await finish.complete(session, result)
             return result
 
         return await self.runtime.transact(unit)

@@ -487,6 +487,24 @@ class RegistrationRepository:
     async def remembered(self, key: str) -> Doc | None:
         return await self.db[IDEMPOTENCY].find_one({"_id": key})
 
+    async def claim_key(self, key: str, request_hash: str, session: Session) -> bool:
+        """Reserve an idempotency key inside a write's transaction; False if it is taken."""
+        try:
+            await self.db[IDEMPOTENCY].insert_one(
+                {"_id": key, "request_hash": request_hash, "status": None, "created_at": utc_now()},
+                session=session,
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def complete_key(self, key: str, status: int, body: Any, session: Session) -> None:
+        await self.db[IDEMPOTENCY].update_one(
+            {"_id": key},
+            {"$set": {"status": status, "body": Binary(zlib.compress(orjson.dumps(body), 3))}},
+            session=session,
+        )
+
     async def remember(
         self,
         key: str,
