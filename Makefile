@@ -52,6 +52,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy shared services jinchui
 
+# Crash, restart and poison the platform during a contest; exactly-once checks (jinchui faults).
+faults: $(STAMP)
+	$(BIN)/python -m jinchui.faults
+
 clean:
 	rm -rf $(VENV) .jinchui
 
