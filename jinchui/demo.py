@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jinchui.client import Platform, Tokens
-from jinchui.infra import start_infra
+from jinchui.infra import kafka_answers, load_env, mongo_answers, start_infra
 from jinchui.play import Player, PlayResult
 from jinchui.scenario import Scenario, build_scenario
 from jinchui.stack import Stack
@@ -142,6 +142,18 @@ def awards_table(result: PlayResult) -> Table:
     return table
 
 
+def infra_already_running(state_dir: Path | None) -> bool:
+    """Kafka and MongoDB of this state folder answer already: leave them running afterwards."""
+    env = load_env(state_dir)
+    bootstrap, mongodb_url = env.get("KAFKA_BOOTSTRAP_SERVERS"), env.get("MONGODB_URL")
+    return bool(
+        bootstrap
+        and mongodb_url
+        and kafka_answers(bootstrap, timeout_s=2.0)
+        and mongo_answers(mongodb_url, timeout_s=2.0)
+    )
+
+
 def running_services() -> dict[str, str] | None:
     """URLs of already running services (JINCHUI_<SERVICE>_URL), as under docker compose."""
     urls = {name: os.environ.get(f"JINCHUI_{name.upper()}_URL", "") for name in SERVICES}
@@ -150,6 +162,7 @@ def running_services() -> dict[str, str] | None:
 
 async def run_demo(console: Console, *, external: bool, state_dir: Path | None) -> dict[str, Any]:
     console.print(Panel.fit("金锤 Jinchui · 即时授予 immediate awarding demo", style="bold red"))
+    already_running = not external and infra_already_running(state_dir)
     with console.status("Starting Kafka and MongoDB…"):
         infra = start_infra(state_dir, console=console) if not external else None
     env = infra.env() if infra else {}
@@ -216,7 +229,7 @@ async def run_demo(console: Console, *, external: bool, state_dir: Path | None) 
         if stack is not None:
             with console.status("Stopping services…"):
                 stack.stop()
-        if infra and infra.managed:
+        if infra and infra.managed and not already_running:
             with console.status("Stopping Kafka and MongoDB…"):
                 infra.stop()
 

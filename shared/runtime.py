@@ -18,6 +18,7 @@ from shared.events import Envelope
 from shared.inbox import PROCESSED, process_once
 from shared.kafka import (
     BrokerPublisher,
+    OffsetCommitter,
     broker_dead_letter_sink,
     create_broker,
     dead_letter_middleware,
@@ -61,11 +62,16 @@ class ServiceRuntime:
         configure_logging(name, self.settings.log_level)
         self.client: AsyncMongoClient[Doc] = create_client(self.settings)
         self.db: Database = service_database(self.client, self.settings, name)
+        self.offsets = OffsetCommitter()
         self.broker: KafkaBroker = create_broker(
             self.settings,
             client_id=f"jinchui-{name}",
             middlewares=[
-                dead_letter_middleware(broker_dead_letter_sink(lambda: self.broker), consumer=name)
+                dead_letter_middleware(
+                    broker_dead_letter_sink(lambda: self.broker),
+                    consumer=name,
+                    committer=self.offsets,
+                )
             ],
         )
         self.outbox = Outbox(self.db)
@@ -99,6 +105,7 @@ class ServiceRuntime:
         self.started = False
         if self._relay_outbox:
             await self.relay.stop()
+        await self.offsets.flush()
         await self.broker.stop()
         for hook in reversed(self._on_stop):
             await hook()

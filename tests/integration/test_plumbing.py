@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, TypeAdapter
 
@@ -86,6 +86,20 @@ async def read_topic(
     finally:
         await consumer.stop()
     return found
+
+
+async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> int:
+    """Sum over partitions of the group's committed offsets of `topic`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
+    await consumer.start()
+    try:
+        partitions = await consumer._client.fetch_all_metadata()
+        total = 0
+        for partition in partitions.partitions_for_topic(topic) or ():
+            total += await consumer.committed(TopicPartition(topic, partition)) or 0
+    finally:
+        await consumer.stop()
+    return total
 
 
 @pytest.fixture
@@ -185,6 +199,9 @@ async def test_poison_and_rule_breaking_messages_go_to_the_dead_letter_topic(
         await producer.stop()
         await runtime.stop()
     assert handled == ["good-one"], "a poison message must not stop the consumer"
+    assert await committed_offsets(infra.kafka_bootstrap, runtime.group_id(topic), topic) == 4, (
+        "every handled or dead-lettered message has its offset committed"
+    )
     reasons = [dict(r.headers)["dlq_reason"].decode() for r in dead]
     assert len(dead) == 3
     # The dead-letter topic has several partitions: the order across them is not defined.
