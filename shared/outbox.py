@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import PyMongoError
@@ -90,6 +90,15 @@ def outbox_document(
     }
 
 
+class SerializedEvent(NamedTuple):
+    topic: str
+    key: str
+    event_id: str
+    event_type: str
+    correlation_id: str
+    value: str
+
+
 class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -125,16 +134,54 @@ class Outbox:
         self, session: Session, items: Sequence[tuple[str, str, Envelope[Any]]]
     ) -> list[int]:
         """Append events in order; one counter bump per call keeps batches cheap."""
+        return await self.add_serialized(
+            session,
+            [
+                SerializedEvent(
+                    topic,
+                    key,
+                    str(event.event_id),
+                    event.event_type,
+                    event.correlation_id,
+                    event.model_dump_json(),
+                )
+                for topic, key, event in items
+            ],
+        )
+
+    async def add_serialized(self, session: Session, items: Sequence[SerializedEvent]) -> list[int]:
+        """Like `add_many` for events already serialised to their envelope JSON (bulk paths
+        that build 100,000 events without a pydantic model each; the caller guarantees the
+        JSON validates against the contract)."""
         if not items:
             return []
-        last = await self._next_sequence(session, len(items))
+        counter = await self._db[COUNTERS].find_one_and_update(
+            {"_id": OUTBOX},
+            {"$inc": {"seq": len(items)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
+        last = int(counter["seq"])
         first = last - len(items) + 1
-        docs = [
-            outbox_document(first + i, topic, key, event)
-            for i, (topic, key, event) in enumerate(items)
+        created_at = utc_now()
+        docs: list[dict[str, Any]] = [
+            {
+                "_id": first + i,
+                "topic": item.topic,
+                "key": item.key,
+                "event_id": item.event_id,
+                "event_type": item.event_type,
+                "correlation_id": item.correlation_id,
+                "value": item.value,
+                "published": False,
+                "created_at": created_at,
+            }
+            for i, item in enumerate(items)
         ]
         await self._db[OUTBOX].insert_many(docs, ordered=True, session=session)
-        return [d["_id"] for d in docs]
+        return list(range(first, last + 1))
 
     async def pending_count(self) -> int:
         return await self._db[OUTBOX].count_documents({"published": False})

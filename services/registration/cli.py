@@ -31,6 +31,11 @@ SHOWN_ERRORS = 50
 app = typer.Typer(help="Registration tools for union officers.", no_args_is_help=True)
 
 
+@app.callback()
+def registration() -> None:
+    """Registration tools for union officers and the competition office."""
+
+
 def _chunks(data: bytes, advance: Any) -> Iterator[bytes]:
     for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
         piece = data[start : start + UPLOAD_CHUNK_BYTES]
@@ -80,7 +85,7 @@ def import_file(
                     "Content-Length": str(len(data)),
                 },
             )
-        progress.update(task, description="done", completed=len(data))
+        progress.update(task, description=f"uploaded {path.name}", completed=len(data))
     try:
         body: dict[str, Any] = response.json()
     except ValueError:
