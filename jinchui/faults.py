@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -51,6 +52,11 @@ app = typer.Typer(help="Fault injection: crashes, restarts, redelivery and poiso
 
 POISON_BYTES = 1_010_000  # above the consumers' 1,000,000-byte limit, below the broker's
 RETRY_DEADLINE_S = 120.0
+# A kill -9 in the middle of a MongoDB transaction leaves it open, holding its document locks,
+# until mongod aborts it after transactionLifetimeLimitSeconds (default 60): writers touching
+# the same documents (a union's quota counter, the outbox counter) stall that long. The suite
+# shortens it on the mongod it runs so that a run takes minutes; production should too.
+TRANSACTION_LIFETIME_S = 10
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -243,7 +249,8 @@ class FaultPlayer(Player):
             token = self.tokens.chief_judge(self.s.chief_judges[event_id], [event_id])
             await retrying(
                 f"theory {event_id}",
-                lambda event_id=event_id, token=token, lines=lines: self.p.scoring.call(
+                functools.partial(
+                    self.p.scoring.call,
                     "POST",
                     f"/events/{event_id}/theory-import",
                     token,
@@ -296,7 +303,7 @@ class FaultPlayer(Player):
                         await asyncio.sleep(0.05)  # a judge's pace, so faults land mid-stream
             except (OSError, websockets.WebSocketException, TimeoutError):
                 self.ledger.reconnects += 1
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(1.0)  # the service is restarting: a tablet's retry pace
 
     async def _read_replies(
         self, ws: Any, unacked: list[str], transient_errors: Counter[str]
@@ -458,6 +465,17 @@ class FaultRun:
         self.player: FaultPlayer | None = None
         self.platform: Platform | None = None
 
+    async def tune_mongo(self) -> None:
+        if not self.can_restart_infra:
+            return
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(self.settings.mongodb_url)
+        try:
+            await client.admin.command(
+                {"setParameter": 1, "transactionLifetimeLimitSeconds": TRANSACTION_LIFETIME_S}
+            )
+        finally:
+            await client.close()
+
     @property
     def can_restart_infra(self) -> bool:
         return self.handle is not None and {"kafka", "mongo"} <= set(self.handle.managed)
@@ -582,6 +600,7 @@ class FaultRun:
             await asyncio.to_thread(infra_mod.stop_mongo, self.state_dir)
             down = await asyncio.gather(*(wait_status(u, 503, 30) for u in urls.values()))
             await asyncio.to_thread(infra_mod.start_mongo, self.state_dir, None, same_ports=True)
+            await self.tune_mongo()
             up = await asyncio.gather(*(wait_status(u, 200, 90) for u in urls.values()))
             out["passed"] = all(ok for ok, _ in up)
             out["detail"] = "same port and data; services ready after " + ", ".join(
@@ -890,7 +909,8 @@ class FaultRun:
             planned = len(player.s.marks)
             out["passed"] = not lost and not duplicates and not player.ledger.rejected
             out["detail"] = (
-                f"{len(accepted)}/{planned} accepted, {len(stored)} stored, lost {len(lost)}, "
+                f"{len(accepted)}/{planned} accepted, {len(stored)} stored (with theory), "
+                f"lost {len(lost)}, "
                 f"duplicates {duplicates}, rejected {len(player.ledger.rejected)}, "
                 f"{player.ledger.reconnects} reconnects, {player.ledger.resent} resent"
                 + (f"; lost e.g. {sorted(lost)[:3]}" if lost else "")
@@ -946,8 +966,8 @@ class FaultRun:
             for payload in results.values():
                 answer = await retrying(
                     "dry-run",
-                    lambda payload=payload: player.p.awards.post(
-                        "/policies/dry-run", player.admin, {"result": payload}
+                    functools.partial(
+                        player.p.awards.post, "/policies/dry-run", player.admin, {"result": payload}
                     ),
                 )
                 expected |= {str(d["award_key"]) for d in answer.get("decisions", [])}
@@ -1047,6 +1067,7 @@ class FaultRun:
         started = time.monotonic()
         try:
             await asyncio.to_thread(self.start_infra)
+            await self.tune_mongo()
             await asyncio.to_thread(self.start_stack)
             assert self.stack is not None
             self.platform = Platform({n: s.url for n, s in self.stack.services.items()})
