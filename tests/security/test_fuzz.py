@@ -72,7 +72,7 @@ def test_fuzzed_requests_never_get_a_server_error(name: str, auth: str, infra: A
                 response = case.call(base_url=server.url, headers=headers, timeout=15)
                 if response.status_code >= 500:
                     failures.append(
-                        f"{operation.label}: {response.status_code} {response.text[:300]}\n"
+                        f"{case.operation.label}: {response.status_code} {response.text[:300]}\n"
                         f"    reproduce: {case.as_curl_command()}"
                     )
                 case.validate_response(response, checks=[not_a_server_error])
