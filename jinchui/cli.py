@@ -22,6 +22,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infra": ("jinchui.infra", "Start, stop and inspect the local Kafka and MongoDB."),
     "bench": ("jinchui.bench", "Measure the platform beside raw floors on this machine."),
     "db": ("jinchui.dbinit", "MongoDB housekeeping (indexes)."),
+    "registration": ("services.registration.cli", "Registration tools: bulk import of entries."),
 }
 for _name, (_module, _help) in _SUBCOMMANDS.items():
     try:

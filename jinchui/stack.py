@@ -114,6 +114,7 @@ class Stack:
         log_dir: Path,
         kafka_idempotence: bool = True,
         db_prefix: str = "jinchui",
+        topic_prefix: str | None = None,
         extra_env: Mapping[str, str] | None = None,
         names: Iterable[str] = SERVICES,
     ) -> Stack:
@@ -124,6 +125,10 @@ class Stack:
             "MONGODB_URL": mongodb_url,
             "JINCHUI_KAFKA_IDEMPOTENCE": "true" if kafka_idempotence else "false",
             "JINCHUI_MONGODB_DB_PREFIX": db_prefix,
+            # Its own topics too: a stack never reads another run's history on a shared broker.
+            "JINCHUI_TOPIC_PREFIX": f"{db_prefix.lower()}."
+            if topic_prefix is None
+            else topic_prefix,
             **(extra_env or {}),
         }
         stack = cls(env=env, log_dir=log_dir)

@@ -23,6 +23,7 @@ from shared.kafka import (
     create_broker,
     dead_letter_middleware,
 )
+from shared.kafka_admin import ensure_topics
 from shared.logging import configure_logging, get_logger
 from shared.mongo import (
     Database,
@@ -36,6 +37,7 @@ from shared.mongo import (
 )
 from shared.outbox import OUTBOX_INDEXES, Outbox, OutboxRelay
 from shared.settings import Settings, get_settings
+from shared.topics import ALL_TOPICS
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -93,6 +95,9 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         await ensure_indexes(self.db, self._indexes)
+        # Subscribing to a topic that does not exist yet can leave a consumer blind to it
+        # until its next metadata refresh; create them all first (idempotent, one request).
+        await ensure_topics(self.settings.kafka_bootstrap_servers, ALL_TOPICS)
         for hook in self._on_start:
             await hook()
         await self.broker.start()

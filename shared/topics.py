@@ -6,12 +6,29 @@ one event stays in order on one partition), the recipient id on awards decisions
 
 from __future__ import annotations
 
-REGISTRATION_ENTRIES = "registration.entries"
-SCORING_MARKS = "scoring.marks"
-SCORING_STANDINGS = "scoring.standings"
-SCORING_RESULTS = "scoring.results"
-AWARDS_DECISIONS = "awards.decisions"
-NOTIFICATIONS_DELIVERIES = "notifications.deliveries"
+import os
+import re
+
+
+def _prefix() -> str:
+    """JINCHUI_TOPIC_PREFIX namespaces every topic, so runs sharing one broker (a demo, a test
+    stack, a benchmark) never read each other's history. Empty in production."""
+    prefix = os.environ.get("JINCHUI_TOPIC_PREFIX", "")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}\.|", prefix):
+        raise ValueError(
+            f"JINCHUI_TOPIC_PREFIX {prefix!r} must be lowercase letters, digits and '-' "
+            "ending with '.'"
+        )
+    return prefix
+
+
+PREFIX = _prefix()
+REGISTRATION_ENTRIES = PREFIX + "registration.entries"
+SCORING_MARKS = PREFIX + "scoring.marks"
+SCORING_STANDINGS = PREFIX + "scoring.standings"
+SCORING_RESULTS = PREFIX + "scoring.results"
+AWARDS_DECISIONS = PREFIX + "awards.decisions"
+NOTIFICATIONS_DELIVERIES = PREFIX + "notifications.deliveries"
 
 DLQ_SUFFIX = ".dlq"
 
