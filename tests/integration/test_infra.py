@@ -46,17 +46,15 @@ async def _read_until(
     return received
 
 
-async def test_idempotent_producer_and_consumer_group_keep_a_keys_order(infra: Infra) -> None:
-    if not infra.kafka_idempotence:
-        pytest.skip(NO_IDEMPOTENCE)
+async def _produce_then_consume_in_group(infra: Infra, *, idempotent: bool) -> None:
     topic = _unique("order")
     await ensure_topics(infra.kafka_bootstrap, [topic], partitions=3)
     producer = AIOKafkaProducer(
-        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, acks="all"
+        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=idempotent, acks="all"
     )
     await producer.start()
     try:
-        # Sent without awaiting each one: the idempotent producer must keep them in order.
+        # Sent without awaiting each one: the producer must still keep them in order.
         futures = [
             await producer.send(topic, key=b"event-1", value=str(n).encode()) for n in range(200)
         ]
@@ -65,11 +63,10 @@ async def test_idempotent_producer_and_consumer_group_keep_a_keys_order(infra: I
         await producer.stop()
     assert {record.partition for record in metadata} == {metadata[0].partition}
 
-    group = _unique("group")
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=infra.kafka_bootstrap,
-        group_id=group,
+        group_id=_unique("group"),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
@@ -77,12 +74,24 @@ async def test_idempotent_producer_and_consumer_group_keep_a_keys_order(infra: I
     try:
         received = await _read_until(consumer, 200)
         await consumer.commit()
-        partition = TopicPartition(topic, metadata[0].partition)
-        committed = await consumer.committed(partition)
+        committed = await consumer.committed(TopicPartition(topic, metadata[0].partition))
     finally:
         await consumer.stop()
     assert [value for _, value in received] == [str(n).encode() for n in range(200)]
     assert committed == 200
+
+
+async def test_idempotent_producer_and_consumer_group_keep_a_keys_order(infra: Infra) -> None:
+    if not infra.kafka_idempotence:
+        pytest.skip(NO_IDEMPOTENCE)
+    await _produce_then_consume_in_group(infra, idempotent=True)
+
+
+async def test_plain_acks_all_producer_and_consumer_group_keep_a_keys_order(
+    infra: Infra,
+) -> None:
+    """What still holds on every broker flavour, Tansu included."""
+    await _produce_then_consume_in_group(infra, idempotent=False)
 
 
 async def test_aborted_transaction_is_invisible_to_read_committed_consumers(
