@@ -42,6 +42,9 @@ class Ids:
     chief_judge: str
     award: str
     mark: str
+    # Suffix of the ids of objects a request creates; hostile-input tests vary it per request
+    # so that a refusal is not masked by a conflict with an earlier request.
+    fresh: str = "x"
 
 
 BodyOf = Callable[[Ids], Any]
@@ -73,7 +76,7 @@ def roles(*admitted: Role) -> frozenset[Role]:
 
 def competition_body(ids: Ids) -> dict[str, Any]:
     return {
-        "competition_id": ids.competition + "-x",
+        "competition_id": f"{ids.competition}-{ids.fresh}",
         "name": "安全测试赛",
         "year": 2026,
         "level": "district",
@@ -84,7 +87,7 @@ def competition_body(ids: Ids) -> dict[str, Any]:
 
 def event_body(ids: Ids) -> dict[str, Any]:
     return {
-        "event_id": ids.event + "-x",
+        "event_id": f"{ids.event}-{ids.fresh}",
         "name": "叉车",
         "trade": "叉车司机",
         "format": "individual",
@@ -98,7 +101,7 @@ def workers_body(ids: Ids) -> dict[str, Any]:
     return {
         "workers": [
             {
-                "worker_id": ids.worker + "-m",
+                "worker_id": f"{ids.worker}-{ids.fresh}",
                 "name": "李四",
                 "employer": "某公司",
                 "job": "叉车司机",
@@ -128,7 +131,12 @@ def panel_body(ids: Ids) -> dict[str, Any]:
 
 
 def mark_body(ids: Ids) -> dict[str, Any]:
-    return {"mark_id": ids.mark, "entry_id": ids.entry, "component": "practical", "value": "80"}
+    return {
+        "mark_id": f"{ids.mark}-{ids.fresh}",
+        "entry_id": ids.entry,
+        "component": "practical",
+        "value": "80",
+    }
 
 
 def dry_run_body(ids: Ids) -> dict[str, Any]:
@@ -186,7 +194,9 @@ POLICY: dict[str, dict[tuple[str, str], Rule]] = {
         ("GET", "/competitions/{competition_id}"): Rule(ANY),
         ("POST", "/competitions/{competition_id}/events"): Rule(ADMIN, body=event_body),
         ("PUT", "/competitions/{competition_id}/events/{event_id}"): Rule(ADMIN, body=event_body),
-        ("POST", "/unions"): Rule(ADMIN, body=lambda ids: {"union_id": ids.union, "name": "工会"}),
+        ("POST", "/unions"): Rule(
+            ADMIN, body=lambda ids: {"union_id": f"{ids.union}-{ids.fresh}", "name": "工会"}
+        ),
         ("POST", "/unions/{union_id}/workers"): Rule(
             UNION_OFFICER_ADMIN, scope="union", scope_from="path", body=workers_body
         ),
