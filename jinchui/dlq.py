@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError
 from aiokafka.structs import OffsetAndMetadata
 from rich.console import Console
 from rich.table import Table
@@ -194,11 +195,26 @@ class ReplayState:
         )
 
 
+async def group_offsets(
+    admin: AIOKafkaAdminClient, group: str, timeout_s: float = 30.0
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """A group's committed offsets; waits while a fresh broker still creates its coordinator."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            return await admin.list_consumer_group_offsets(group)
+        except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def load_replay_state(bootstrap: str, topic: str) -> ReplayState:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(replay_group(topic))
+        committed = await group_offsets(admin, replay_group(topic))
     finally:
         await admin.close()
     state = ReplayState()

@@ -465,6 +465,10 @@ class FaultRun:
         self.player: FaultPlayer | None = None
         self.platform: Platform | None = None
 
+    def topic(self, name: str) -> str:
+        """This run's name of a topic: the stack namespaces its topics with its own prefix."""
+        return f"{self.tag}." + name.removeprefix(topics.PREFIX)
+
     async def tune_mongo(self) -> None:
         if not self.can_restart_infra:
             return
@@ -501,7 +505,10 @@ class FaultRun:
             from shared.kafka_admin import ensure_topics
 
             infra_mod.run_coro(
-                lambda: ensure_topics(self.settings.kafka_bootstrap_servers, topics.ALL_TOPICS)
+                lambda: ensure_topics(
+                    self.settings.kafka_bootstrap_servers,
+                    [self.topic(t) for t in topics.ALL_TOPICS],
+                )
             )
         self.settings = self.settings.model_copy(update={"mongodb_db_prefix": self.tag})
         log_dir = self.o.log_dir or Path(tempfile.mkdtemp(prefix="jinchui-faults-logs-"))
@@ -510,6 +517,7 @@ class FaultRun:
             mongodb_url=self.settings.mongodb_url,
             kafka_idempotence=self.settings.kafka_idempotence,
             db_prefix=self.tag,
+            topic_prefix=f"{self.tag}.",
             log_dir=log_dir,
         )
         self.stack.start()
@@ -702,9 +710,9 @@ class FaultRun:
         await asyncio.sleep(1.0)
         before = await self.snapshot(player)
         wanted = {
-            topics.SCORING_RESULTS: ("EventFinalized",),
-            topics.AWARDS_DECISIONS: ("AwardGranted",),
-            topics.REGISTRATION_ENTRIES: ("EntryRegistered",),
+            self.topic(topics.SCORING_RESULTS): ("EventFinalized",),
+            self.topic(topics.AWARDS_DECISIONS): ("AwardGranted",),
+            self.topic(topics.REGISTRATION_ENTRIES): ("EntryRegistered",),
         }
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
@@ -734,7 +742,7 @@ class FaultRun:
             await asyncio.sleep(2.0)  # deliveries a duplicate might have caused
             after = await self.snapshot(player)
             changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
-            out["passed"] = not changed and not any(lags.values())
+            out["passed"] = not changed and not any(lags.values()) and len(counts) == 3
             out["detail"] = f"re-published {dict(counts)}; " + (
                 f"CHANGED {changed}" if changed else f"nothing changed ({before})"
             )
@@ -777,7 +785,7 @@ class FaultRun:
 
     def domain_rule_poison(self, topic: str, marker: str) -> bytes | None:
         """A contract-valid envelope whose content breaks a rule the consumer enforces."""
-        if topic != topics.REGISTRATION_ENTRIES:
+        if topic != self.topic(topics.REGISTRATION_ENTRIES):
             return None
         now = utc_now()
         envelope = {
@@ -819,7 +827,7 @@ class FaultRun:
     async def poison_phase(self) -> None:
         bootstrap = self.settings.kafka_bootstrap_servers
         consumed = await group_topics(bootstrap, f"{self.tag}-")
-        main = sorted(t for t in consumed if t in topics.MAIN_TOPICS)
+        main = sorted(t for t in consumed if t in {self.topic(m) for m in topics.MAIN_TOPICS})
         sent: dict[str, tuple[str, str]] = {}  # key → (topic, kind)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
@@ -925,7 +933,9 @@ class FaultRun:
         ) as out:
             seen: Counter[str] = Counter()
             for *_r, value, _h in await read_topic(
-                self.settings.kafka_bootstrap_servers, topics.SCORING_MARKS, timeout_s=30
+                self.settings.kafka_bootstrap_servers,
+                self.topic(topics.SCORING_MARKS),
+                timeout_s=30,
             ):
                 with contextlib.suppress(ValueError, AttributeError, TypeError):
                     doc = json.loads(value)
@@ -989,7 +999,9 @@ class FaultRun:
     async def final_results(self, cid: str) -> dict[str, dict[str, Any]]:
         latest: dict[str, dict[str, Any]] = {}
         for *_r, value, _h in await read_topic(
-            self.settings.kafka_bootstrap_servers, topics.SCORING_RESULTS, timeout_s=30
+            self.settings.kafka_bootstrap_servers,
+            self.topic(topics.SCORING_RESULTS),
+            timeout_s=30,
         ):
             with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
                 doc = json.loads(value)

@@ -33,6 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from pymongo import AsyncMongoClient
 from rich.console import Console
 
+from jinchui.dlq import group_offsets
 from shared.inbox import PROCESSED
 from shared.mongo import Doc
 from shared.settings import SERVICES, Settings, get_settings
@@ -87,7 +88,7 @@ async def service_groups(
     groups = sorted(str(g[0]) for g in listed if str(g[0]).startswith(prefix))
     found: dict[str, list[TopicPartition]] = {}
     for group in groups:
-        offsets = await admin.list_consumer_group_offsets(group)
+        offsets = await group_offsets(admin, group)
         found[group] = sorted(offsets, key=lambda tp: (tp.topic, tp.partition))
     return found
 
