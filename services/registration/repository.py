@@ -2,10 +2,14 @@
 
 Collections (database `<prefix>_registration`):
 - `competitions`, `events`, `unions`, `workers` (national id only hashed + masked),
-  `entries` (every entry, registered or withdrawn);
-- `event_participants`: one document per (event, worker) of an ACTIVE entry, `_id`
-  "<event_id>|<worker_id>": the unique `_id` is what stops two officers entering the same
-  worker at once (the second transaction hits a write conflict, retries, then a duplicate key);
+  `entries` (every entry, registered or withdrawn). A UNIQUE PARTIAL MULTIKEY index on
+  {event_id, member_ids} over registered entries only is what stops two officers entering
+  the same worker at once: a unique multikey index holds one key per array element, unique
+  across documents, so the second transaction hits a write conflict, retries, then a
+  duplicate key on `member_ids`; withdrawing (status no longer "registered") drops the
+  entry's keys and frees its workers. (Before this index, a separate `event_participants`
+  collection held one slot document per worker: a third document per entry on the bulk
+  path. A database created then keeps that collection unused; drop it at leisure.)
 - `quota_counters`: one document per (event, union), `_id` "<event_id>|<union_id>", with the
   number of active entries; incremented with a guard `active <= quota - k` inside the
   transaction, so the quota holds under concurrency;
@@ -41,7 +45,8 @@ EVENTS = "events"
 UNIONS = "unions"
 WORKERS = "workers"
 ENTRIES = "entries"
-PARTICIPANTS = "event_participants"
+REGISTERED = EntryStatus.REGISTERED.value
+ACTIVE_MEMBER_INDEX = "active_member_once_per_event"
 QUOTA_COUNTERS = "quota_counters"
 IDEMPOTENCY = "idempotency"
 IDEMPOTENCY_RETENTION = timedelta(days=1)
@@ -55,8 +60,14 @@ INDEXES: dict[str, Sequence[IndexModel]] = {
     ENTRIES: [
         IndexModel([("event_id", ASCENDING), ("union_id", ASCENDING)]),
         IndexModel([("union_id", ASCENDING), ("event_id", ASCENDING)]),
+        # A worker in at most one registered entry per event, enforced by the server.
+        IndexModel(
+            [("event_id", ASCENDING), ("member_ids", ASCENDING)],
+            name=ACTIVE_MEMBER_INDEX,
+            unique=True,
+            partialFilterExpression={"status": REGISTERED},
+        ),
     ],
-    PARTICIPANTS: [IndexModel([("event_id", ASCENDING)])],
     IDEMPOTENCY: [
         IndexModel(
             [("created_at", ASCENDING)],
@@ -67,7 +78,7 @@ INDEXES: dict[str, Sequence[IndexModel]] = {
 
 
 class WorkerTaken(Exception):
-    """Raised when a participant slot (event, worker) is already held by an active entry."""
+    """Raised when a worker (event, worker) is already in another registered entry."""
 
     def __init__(self, worker_id: str) -> None:
         super().__init__(worker_id)
@@ -84,14 +95,6 @@ class AlreadyExists(Exception):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
-
-
-def participant_id(event_id: str, worker_id: str) -> str:
-    return f"{event_id}|{worker_id}"
-
-
-def _participant_ids(entries: Sequence[Entry]) -> list[str]:
-    return [participant_id(e.event_id, w) for e in entries for w in e.member_ids]
 
 
 def counter_id(event_id: str, union_id: str) -> str:
@@ -201,17 +204,44 @@ def worker_from(doc: Doc) -> Worker:
 
 
 def entry_doc(entry: Entry) -> Doc:
-    return {
+    """The stored entry; empty optional fields are left out (`entry_from` defaults them),
+    which keeps the 100,000-document bulk path lean."""
+    doc: Doc = {
         "_id": entry.entry_id,
         "event_id": entry.event_id,
         "union_id": entry.union_id,
-        "team_name": entry.team_name,
         "member_ids": list(entry.member_ids),
         "registered_at": entry.registered_at,
         "status": entry.status.value,
-        "withdrawn_at": entry.withdrawn_at,
-        "withdrawal_reason": entry.withdrawal_reason,
     }
+    if entry.team_name:
+        doc["team_name"] = entry.team_name
+    if entry.withdrawn_at is not None:
+        doc["withdrawn_at"] = entry.withdrawn_at
+    if entry.withdrawal_reason:
+        doc["withdrawal_reason"] = entry.withdrawal_reason
+    return doc
+
+
+def new_entry_docs(entries: Sequence[Entry]) -> list[Doc]:
+    """`entry_doc` of new (registered, never withdrawn) entries without per-row enum and
+    branch work: the bulk hot loop."""
+    registered = REGISTERED
+    docs: list[Doc] = []
+    append = docs.append
+    for e in entries:
+        doc = {
+            "_id": e.entry_id,
+            "event_id": e.event_id,
+            "union_id": e.union_id,
+            "member_ids": list(e.member_ids),
+            "registered_at": e.registered_at,
+            "status": registered,
+        }
+        if e.team_name:
+            doc["team_name"] = e.team_name
+        append(doc)
+    return docs
 
 
 def entry_from(doc: Doc) -> Entry:
@@ -365,13 +395,17 @@ class RegistrationRepository:
     async def entered_among(
         self, event_id: str, worker_ids: Iterable[str], session: Session
     ) -> set[str]:
-        ids = [participant_id(event_id, w) for w in worker_ids]
+        wanted = list(worker_ids)
         docs = (
-            await self.db[PARTICIPANTS]
-            .find({"_id": {"$in": ids}}, {"worker_id": 1}, session=session)
+            await self.db[ENTRIES]
+            .find(
+                {"event_id": event_id, "member_ids": {"$in": wanted}, "status": REGISTERED},
+                {"member_ids": 1, "_id": 0},
+                session=session,
+            )
             .to_list()
         )
-        return {doc["worker_id"] for doc in docs}
+        return {w for doc in docs for w in doc["member_ids"]} & set(wanted)
 
     async def active_counts(self, event_ids: Iterable[str]) -> dict[tuple[str, str], int]:
         docs = await self.db[QUOTA_COUNTERS].find({"event_id": {"$in": list(event_ids)}}).to_list()
@@ -379,59 +413,43 @@ class RegistrationRepository:
 
     async def entered_workers(self, event_ids: Iterable[str]) -> dict[str, set[str]]:
         entered: dict[str, set[str]] = {}
-        cursor = self.db[PARTICIPANTS].find(
-            {"event_id": {"$in": list(event_ids)}}, {"event_id": 1, "worker_id": 1, "_id": 0}
+        cursor = self.db[ENTRIES].find(
+            {"event_id": {"$in": list(event_ids)}, "status": REGISTERED},
+            {"event_id": 1, "member_ids": 1, "_id": 0},
         )
         async for doc in cursor:
-            entered.setdefault(doc["event_id"], set()).add(doc["worker_id"])
+            entered.setdefault(doc["event_id"], set()).update(doc["member_ids"])
         return entered
 
     async def insert_entries(
         self, entries: Sequence[Entry], quotas: Mapping[str, int], session: Session
     ) -> None:
-        """Store new active entries, their participant slots and their quota use.
+        """Store new registered entries and their quota use.
 
         `quotas`: event id → quota per union. Raises `AlreadyExists` (entry id taken),
-        `WorkerTaken` or `QuotaExhausted` when a concurrent transaction won the race; the
-        caller's transaction must then be abandoned.
+        `WorkerTaken` (the unique index on registered members) or `QuotaExhausted` when a
+        concurrent transaction won the race; the caller's transaction must then be abandoned.
+        Unordered: inside a transaction any error aborts the whole write anyway, and the
+        server may then apply the batch without stopping at each document.
         """
         if not entries:
             return
         try:
             await self.db[ENTRIES].insert_many(
-                [entry_doc(e) for e in entries], ordered=True, session=session
+                new_entry_docs(entries), ordered=False, session=session
             )
         except DuplicateKeyError as error:
-            raise AlreadyExists(_duplicate_id(error)) from None
-        except Exception as error:
-            key = _bulk_duplicate_id(error)
-            if key is None:
+            raise _duplicate(error.details) from None
+        except Exception as error:  # BulkWriteError wraps duplicate keys of insert_many
+            duplicate = _bulk_duplicate(error)
+            if duplicate is None:
                 raise
-            raise AlreadyExists(key) from None
-        await self.take_slots(entries, quotas, session)
+            raise duplicate from None
+        await self.take_quota(entries, quotas, session)
 
-    async def take_slots(
+    async def take_quota(
         self, entries: Sequence[Entry], quotas: Mapping[str, int], session: Session
     ) -> None:
-        participants = [
-            {
-                "_id": participant_id(e.event_id, w),
-                "event_id": e.event_id,
-                "worker_id": w,
-                "entry_id": e.entry_id,
-            }
-            for e in entries
-            for w in e.member_ids
-        ]
-        try:
-            await self.db[PARTICIPANTS].insert_many(participants, ordered=True, session=session)
-        except DuplicateKeyError as error:
-            raise WorkerTaken(_duplicate_id(error).split("|", 1)[-1]) from None
-        except Exception as error:
-            key = _bulk_duplicate_id(error)
-            if key is None:
-                raise
-            raise WorkerTaken(key.split("|", 1)[-1]) from None
         per_counter: dict[tuple[str, str], int] = {}
         for e in entries:
             pair = (e.event_id, e.union_id)
@@ -460,18 +478,11 @@ class RegistrationRepository:
             # The counter exists but the guard failed: the upsert tried a second document.
             raise QuotaExhausted from None
 
-    async def release_slots(self, entries: Sequence[Entry], session: Session) -> None:
-        """Free the participant slots and quota of entries that stop being active."""
+    async def release_quota(self, entries: Sequence[Entry], session: Session) -> None:
+        """Give back the quota of entries that stop being active (their workers are freed by
+        the status change itself: the unique member index covers registered entries only)."""
         if not entries:
             return
-        await self.db[PARTICIPANTS].delete_many(
-            {
-                "_id": {
-                    "$in": [participant_id(e.event_id, w) for e in entries for w in e.member_ids]
-                }
-            },
-            session=session,
-        )
         per_counter: dict[tuple[str, str], int] = {}
         for e in entries:
             key = (e.event_id, e.union_id)
@@ -485,7 +496,8 @@ class RegistrationRepository:
         )
 
     async def mark_withdrawn(self, entries: Sequence[Entry], session: Session) -> None:
-        """Store the withdrawn state of entries (status, time, reason) and free their slots."""
+        """Store the withdrawn state of entries (status, time, reason), freeing their workers
+        and quota."""
         for entry in entries:
             await self.db[ENTRIES].update_one(
                 {"_id": entry.entry_id, "status": EntryStatus.REGISTERED.value},
@@ -498,7 +510,7 @@ class RegistrationRepository:
                 },
                 session=session,
             )
-        await self.release_slots(entries, session)
+        await self.release_quota(entries, session)
 
     # --- idempotency ------------------------------------------------------------------------
 
@@ -559,6 +571,25 @@ def _duplicate_id(error: DuplicateKeyError) -> str:
     details = error.details or {}
     key_value = details.get("keyValue") or {}
     return str(key_value.get("_id", ""))
+
+
+def _duplicate(details: Mapping[str, Any] | None) -> Exception:
+    """The domain-facing error of an entry insert's duplicate key: a taken worker (the
+    member index) or a taken entry id."""
+    key_value = (details or {}).get("keyValue") or {}
+    if "member_ids" in key_value:
+        return WorkerTaken(str(key_value["member_ids"]))
+    return AlreadyExists(str(key_value.get("_id", "")))
+
+
+def _bulk_duplicate(error: Exception) -> Exception | None:
+    details = getattr(error, "details", None)
+    if not isinstance(details, dict):
+        return None
+    for write_error in details.get("writeErrors", []):
+        if write_error.get("code") == 11000:
+            return _duplicate(write_error)
+    return None
 
 
 def _bulk_duplicate_id(error: Exception) -> str | None:
