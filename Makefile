@@ -59,5 +59,9 @@ faults: $(STAMP)
 clean:
 	rm -rf $(VENV) .jinchui
 
+# The security suite (also part of `make test`); ends with a line "N passed, N failed".
+security: $(STAMP)
+	$(BIN)/python -m jinchui.security
+
 deploy-check: $(STAMP)
 	$(BIN)/python -m jinchui.deploycheck

@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 
 from tests.security.conftest import (
     SERVICE_NAMES,
@@ -51,6 +52,9 @@ def test_fuzzed_requests_never_get_a_server_error(name: str, auth: str, infra: A
     fuzzed: list[str] = []
     with ThreadedServer(app) as server:
         for result in schema.get_all_operations():
+            if not isinstance(result, Ok):
+                failures.append(f"{name}: OpenAPI operation schemathesis cannot use: {result!r}")
+                continue
             operation = result.ok()
             if is_endless(operation.path):
                 continue
