@@ -18,6 +18,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     if _configured:
         return
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    # PyMongo's DEBUG command log prints whole documents (names, national-id hashes, ...):
+    # never let a DEBUG service log carry stored data.
+    logging.getLogger("pymongo").setLevel(
+        max(logging.INFO, logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
