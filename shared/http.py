@@ -120,7 +120,33 @@ def correlation_id_of(request: Request) -> str:
     return str(getattr(request.state, "correlation_id", "") or uuid.uuid4())
 
 
-def _validation_error_response(_request: Request, exc: Exception) -> JSONResponse:
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def _audit_refused_write(request: Request, status: int, error: dict[str, Any]) -> None:
+    """Every write attempt is audited, refused ones too (who tried what, and why it failed).
+
+    Only authenticated callers: anonymous refusals (401) would let anyone fill the trail."""
+    principal = getattr(request.state, "principal", None)
+    runtime = getattr(request.app.state, "runtime", None)
+    if request.method not in WRITE_METHODS or principal is None or runtime is None:
+        return
+    route = request.scope.get("route")
+    try:
+        await audit(
+            runtime,
+            None,
+            principal,
+            f"{request.method} {getattr(route, 'path', request.url.path)}",
+            request.url.path[:300],
+            {"status": status, "rule": error.get("rule"), "field": error.get("field")},
+            outcome="rejected",
+        )
+    except Exception as exc:  # the refusal must still reach the caller
+        log.warning("could not audit a refused write", error=str(exc))
+
+
+async def _validation_error_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = []
     for err in exc.errors():
@@ -133,11 +159,13 @@ def _validation_error_response(_request: Request, exc: Exception) -> JSONRespons
             }
         )
     first = problems[0] if problems else {"rule": "invalid_input", "field": None, "reason": ""}
+    await _audit_refused_write(request, 422, first)
     return JSONResponse({"error": first, "errors": problems}, status_code=422)
 
 
-def _domain_error_response(_request: Request, exc: Exception) -> JSONResponse:
+async def _domain_error_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    await _audit_refused_write(request, exc.status_code, exc.as_dict())
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse({"error": exc.as_dict()}, status_code=exc.status_code, headers=headers)
 
