@@ -23,6 +23,9 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("jinchui.bench", "Measure the platform beside raw floors on this machine."),
     "db": ("jinchui.dbinit", "MongoDB housekeeping (indexes)."),
     "registration": ("services.registration.cli", "Registration tools: bulk import of entries."),
+    "dlq": ("jinchui.dlq", "Inspect and replay dead-lettered messages."),
+    "replay": ("jinchui.replay", "Rebuild a service's derived state from the topics."),
+    "faults": ("jinchui.faults", "Fault injection: crashes, restarts, redelivery, poison."),
 }
 for _name, (_module, _help) in _SUBCOMMANDS.items():
     try:

@@ -39,6 +39,11 @@ COMPETITIONS = "competitions"
 CERTIFICATE_COUNTERS = "certificate_counters"
 LOCKS = "award_locks"
 
+# What `jinchui replay awards` may clear: the competitions' event lists, rebuilt from
+# registration.entries. Awards, applied result versions and certificate counters stay, so a
+# replay of scoring.results reconciles against what stands and never grants twice.
+DERIVED_COLLECTIONS: tuple[str, ...] = (COMPETITIONS,)
+
 GRANTED = "granted"
 REVOKED = "revoked"
 

@@ -30,6 +30,9 @@ from .channels import LiveFeedItem
 from .domain import Decision, DeliveryRecord, Subscription, decision_kind
 
 SUBSCRIPTIONS = "subscriptions"
+# What `jinchui replay notifications` may clear: the latest standings (rebuilt from
+# scoring.standings). Decisions, deliveries and the feed stay: a replay never re-sends.
+DERIVED_COLLECTIONS: tuple[str, ...] = ("standings",)
 DECISIONS = "decisions"
 DELIVERIES = "deliveries"
 FEED = "feed"

@@ -34,6 +34,10 @@ RESOLUTIONS = "resolutions"
 RESULTS = "results"
 IDEMPOTENCY = "idempotency"
 
+# What `jinchui replay scoring` may clear and rebuild from registration.entries: the roster.
+# Events carry the result version and marks are the source of truth, so they stay.
+DERIVED_COLLECTIONS: tuple[str, ...] = (ENTRIES,)
+
 REGISTERED = "registered"
 WITHDRAWN = "withdrawn"
 
