@@ -35,6 +35,18 @@ for _name, (_module, _help) in _SUBCOMMANDS.items():
             raise
 
 
+@app.command("asyncapi")
+def asyncapi_command(
+    out: Annotated[str, typer.Option(help="folder for <service>.json")] = "docs/asyncapi",
+) -> None:
+    """Write each service's generated AsyncAPI document (docs/asyncapi/<service>.json)."""
+    from pathlib import Path
+
+    from jinchui.asyncapi import main as write_documents
+
+    write_documents(Path(out))
+
+
 @app.command("demo")
 def demo_command(
     as_json: Annotated[
