@@ -6,6 +6,18 @@ sent. Sequence numbers come from a counter document incremented inside the same 
 so concurrent writers serialise on it and sequence order equals commit order: the relay never
 sees seq N+1 before seq N exists. A crash between publish and marking re-publishes, which the
 consumers' processed-event records absorb (at-least-once on the wire, exactly-once in effect).
+
+Two document shapes share the sequence:
+- single: one event per document (`add`, `add_many`, `add_serialized`);
+- packed: many events in ONE document, `{_id: seq, batch: [{topic, key, value, event_id,
+  event_type, correlation_id, headers}, ...], n: len(batch), published}` (`add_packed`, up to
+  `PACK_MAX_EVENTS` events or about `PACK_MAX_BYTES` of event JSON per document). Bulk paths
+  that emit 100,000 events in one go write some 50 documents instead of 100,000.
+The publishing order is (seq, position in the batch): a packed document is published as a
+whole, in its batch order, and marked published only after every one of its events was
+acknowledged; a crash in between re-publishes the whole pack (the same at-least-once rule).
+A relay pass is bounded by a number of events (records), not documents, but always takes at
+least one whole document.
 """
 
 from __future__ import annotations
@@ -29,6 +41,9 @@ OUTBOX = "outbox"
 COUNTERS = "counters"
 LEASES = "leases"
 SENT_RETENTION = timedelta(days=2)
+# A packed document stays far below MongoDB's 16 MB document limit and one relay pass.
+PACK_MAX_EVENTS = 2000
+PACK_MAX_BYTES = 8 * 1024 * 1024
 
 OUTBOX_INDEXES = {
     OUTBOX: [
@@ -97,6 +112,7 @@ class SerializedEvent(NamedTuple):
     event_type: str
     correlation_id: str
     value: str
+    headers: dict[str, str] | None = None
 
 
 class Outbox:
@@ -175,6 +191,7 @@ class Outbox:
                 "event_type": item.event_type,
                 "correlation_id": item.correlation_id,
                 "value": item.value,
+                "headers": item.headers or {},
                 "published": False,
                 "created_at": created_at,
             }
@@ -183,8 +200,68 @@ class Outbox:
         await self._db[OUTBOX].insert_many(docs, ordered=True, session=session)
         return list(range(first, last + 1))
 
+    async def add_packed(
+        self,
+        session: Session,
+        items: Sequence[SerializedEvent],
+        *,
+        max_events: int = PACK_MAX_EVENTS,
+        max_bytes: int = PACK_MAX_BYTES,
+    ) -> list[int]:
+        """Append events in order, many per outbox document (see the module docstring);
+        returns the sequence number of each document written. One counter bump per call."""
+        if not items:
+            return []
+        packs: list[list[dict[str, Any]]] = []
+        pack: list[dict[str, Any]] = []
+        pack_bytes = 0
+        for item in items:
+            size = len(item.value)
+            if pack and (len(pack) >= max_events or pack_bytes + size > max_bytes):
+                packs.append(pack)
+                pack, pack_bytes = [], 0
+            part: dict[str, Any] = {
+                "topic": item.topic,
+                "key": item.key,
+                "value": item.value,
+                "event_id": item.event_id,
+                "event_type": item.event_type,
+                "correlation_id": item.correlation_id,
+            }
+            if item.headers:
+                part["headers"] = item.headers
+            pack.append(part)
+            pack_bytes += size
+        packs.append(pack)
+        last = await self._next_sequence(session, len(packs))
+        first = last - len(packs) + 1
+        created_at = utc_now()
+        await self._db[OUTBOX].insert_many(
+            [
+                {
+                    "_id": first + i,
+                    "batch": batch,
+                    "n": len(batch),
+                    "published": False,
+                    "created_at": created_at,
+                }
+                for i, batch in enumerate(packs)
+            ],
+            ordered=True,
+            session=session,
+        )
+        return list(range(first, last + 1))
+
     async def pending_count(self) -> int:
-        return await self._db[OUTBOX].count_documents({"published": False})
+        """Unpublished events (a packed document counts its events)."""
+        cursor = await self._db[OUTBOX].aggregate(
+            [
+                {"$match": {"published": False}},
+                {"$group": {"_id": None, "n": {"$sum": {"$ifNull": ["$n", 1]}}}},
+            ]
+        )
+        rows = await cursor.to_list()
+        return int(rows[0]["n"]) if rows else 0
 
 
 class OutboxRelay:
@@ -269,34 +346,40 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
 
     async def drain(self) -> int:
-        """Publish one batch of pending records in order; returns how many were sent."""
-        docs = (
-            await self._db[OUTBOX]
-            .find({"published": False})
+        """Publish the next pending documents in order, about `batch_size` events (at least
+        one whole document); returns how many events were sent."""
+        outbox = self._db[OUTBOX]
+        heads = (
+            await outbox.find({"published": False}, {"n": 1})
             .sort("_id", ASCENDING)
             .limit(self._batch_size)
             .to_list()
         )
-        if not docs:
+        if not heads:
             return 0
-        records = [
-            OutgoingRecord(
-                topic=d["topic"],
-                key=d["key"],
-                value=d["value"].encode(),
-                event_id=d["event_id"],
-                event_type=d["event_type"],
-                headers={**d.get("headers", {}), "correlation_id": d.get("correlation_id", "")},
-            )
-            for d in docs
-        ]
+        ids: list[int] = []
+        events = 0
+        for head in heads:
+            size = int(head.get("n", 1))
+            if ids and events + size > self._batch_size:
+                break
+            ids.append(head["_id"])
+            events += size
+        docs = await outbox.find({"_id": {"$in": ids}}).sort("_id", ASCENDING).to_list()
+        records: list[OutgoingRecord] = []
+        for doc in docs:
+            batch = doc.get("batch")
+            if batch is None:
+                records.append(_record(doc))
+            else:
+                records.extend(_record(part) for part in batch)
         await self._publisher.publish_batch(records)
-        await self._db[OUTBOX].update_many(
-            {"_id": {"$in": [d["_id"] for d in docs]}},
+        await outbox.update_many(
+            {"_id": {"$in": ids}},
             {"$set": {"published": True, "published_at": utc_now()}},
         )
-        self.published_total += len(docs)
-        return len(docs)
+        self.published_total += len(records)
+        return len(records)
 
     async def _watch(self) -> None:
         pipeline = [{"$match": {"operationType": "insert"}}]
@@ -310,3 +393,15 @@ class OutboxRelay:
             except Exception as exc:
                 log.info("outbox change stream interrupted; polling meanwhile", error=str(exc))
                 await asyncio.sleep(1.0)
+
+
+def _record(doc: dict[str, Any]) -> OutgoingRecord:
+    """A Kafka record from a single outbox document or one event of a packed document."""
+    return OutgoingRecord(
+        topic=doc["topic"],
+        key=doc["key"],
+        value=doc["value"].encode(),
+        event_id=doc["event_id"],
+        event_type=doc["event_type"],
+        headers={**doc.get("headers", {}), "correlation_id": doc.get("correlation_id", "")},
+    )

@@ -31,9 +31,9 @@ from shared.events import (
     utc_now,
 )
 from shared.http import audit, create_http_app
-from shared.kafka import consumer_options, strict_decoder
+from shared.kafka import BrokerPublisher, consumer_options, strict_decoder
 from shared.mongo import Session
-from shared.outbox import OUTBOX
+from shared.outbox import OUTBOX, OutboxRelay, SerializedEvent
 from shared.runtime import AUDIT, ServiceRuntime
 from shared.settings import Settings
 
@@ -138,13 +138,87 @@ async def test_outbox_relay_publishes_committed_events_in_order(
         records = await read_topic(
             infra.kafka_bootstrap, topics.SCORING_RESULTS, lambda r: r.key == event_id.encode(), 30
         )
-        remaining = await runtime.db[OUTBOX].count_documents({"published": False})
+        # The relay marks documents published after Kafka acknowledged them, so a reader may
+        # see the records a moment before the marks: wait for them.
+        remaining = -1
+        for _ in range(50):
+            remaining = await runtime.db[OUTBOX].count_documents({"published": False})
+            if remaining == 0:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await runtime.stop()
     versions = [TypeAdapter(ResultsEvent).validate_json(r.value).payload.version for r in records]
     assert versions == list(range(1, 31)), "relay must publish every committed event, in order"
     assert {r.partition for r in records} == {records[0].partition}
     assert remaining == 0
+
+
+def serialized(event_id: str, event: EventFinalized) -> SerializedEvent:
+    return SerializedEvent(
+        topics.SCORING_RESULTS,
+        event_id,
+        str(event.event_id),
+        event.event_type,
+        event.correlation_id,
+        event.model_dump_json(),
+        {"source": "packed"},
+    )
+
+
+async def test_packed_and_single_outbox_documents_publish_in_one_order(
+    infra: Any, db_prefix: str
+) -> None:
+    """Packed documents (many events each) and single ones share the sequence; a relay pass
+    is bounded by events, yet always takes one whole document; all end up published."""
+    rt = ServiceRuntime("plumbing", settings_for(infra, db_prefix), relay_outbox=False)
+    event_id = "ev-" + uuid.uuid4().hex[:8]
+    events = [results_event(event_id, version=v) for v in range(1, 32)]
+    await rt.start()
+    relay = OutboxRelay(rt.db, BrokerPublisher(rt.broker), batch_size=12)
+    try:
+
+        async def singles(session: Session) -> None:
+            await rt.outbox.add_many(
+                session, [(topics.SCORING_RESULTS, event_id, e) for e in events[0:3]]
+            )
+
+        async def packed(session: Session) -> None:  # versions 4..28: packs of 15 and 10
+            sequences = await rt.outbox.add_packed(
+                session, [serialized(event_id, e) for e in events[3:28]], max_events=15
+            )
+            assert len(sequences) == 2
+
+        async def mixed(session: Session) -> None:  # 29 single, then 30..31 packed
+            await rt.outbox.add(session, topics.SCORING_RESULTS, event_id, events[28])
+            await rt.outbox.add_packed(session, [serialized(event_id, e) for e in events[29:]])
+
+        async def aborted(session: Session) -> None:
+            await rt.outbox.add_packed(session, [serialized(event_id, results_event("x", 99))])
+            raise RuntimeError("rolled back on purpose")
+
+        for work in (singles, packed, mixed):
+            await rt.transact(work)
+        with pytest.raises(RuntimeError):
+            await rt.transact(aborted)
+        assert await rt.outbox.pending_count() == 31
+        passes = [await relay.drain() for _ in range(5)]
+        records = await read_topic(
+            infra.kafka_bootstrap, topics.SCORING_RESULTS, lambda r: r.key == event_id.encode(), 31
+        )
+        unpublished = await rt.db[OUTBOX].count_documents({"published": False})
+        pending = await rt.outbox.pending_count()
+        stamped = await rt.db[OUTBOX].count_documents({"published_at": {"$exists": True}})
+    finally:
+        await rt.stop()
+    assert passes == [3, 15, 11, 2, 0], "bounded by events, one whole document at least"
+    versions = [TypeAdapter(ResultsEvent).validate_json(r.value).payload.version for r in records]
+    assert versions == list(range(1, 32)), "sequence order, then batch order within a pack"
+    headers = [dict(r.headers) for r in records]
+    assert all(h["source"] == b"packed" for h in headers[3:28])
+    assert all("source" not in h for h in headers[:3])
+    assert (unpublished, pending, stamped) == (0, 0, 7)
+    assert relay.published_total == 31
 
 
 async def test_consume_once_applies_a_redelivered_event_once(runtime: ServiceRuntime) -> None:
