@@ -398,12 +398,12 @@ class ServicePool:
             await server.__aexit__(None, None, None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ids() -> Ids:
     return new_ids()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def services(infra: Any, ids: Ids) -> AsyncIterator[ServicePool]:
     pool = ServicePool(infra, ids)
     try:
@@ -412,7 +412,7 @@ async def services(infra: Any, ids: Ids) -> AsyncIterator[ServicePool]:
         await pool.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def security_mongo(infra: Any) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_url)
     try:
