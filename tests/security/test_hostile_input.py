@@ -580,3 +580,148 @@ async def test_refused_write_attempts_are_audited(
         f"{'.'.join(map(str, at))}) by {subject} left no audit record"
     )
     assert all(r.get("outcome") != "ok" for r in recorded)
+
+
+def strings_with(doc: Json, needles: tuple[str, ...], at: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(doc, str):
+        found.extend(f"{at} contains U+{ord(n):04X}" for n in needles if n in doc)
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            found.extend(strings_with(value, needles, f"{at}.{key}"))
+    elif isinstance(doc, list):
+        for index, value in enumerate(doc):
+            found.extend(strings_with(value, needles, f"{at}[{index}]"))
+    return found
+
+
+# Where names typed by people enter the platform; scoring and awards store what the contracts
+# carry from registration, so a name registration let through shows up there too.
+NAME_ENTRY_POINTS = ("registration", "notifications")
+
+
+@pytest.mark.parametrize("name", NAME_ENTRY_POINTS)
+async def test_no_nul_or_bidi_override_is_stored(
+    name: str, services: ServicePool, security_mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    """After the Unicode edge cases above, nothing stored holds NUL or a right-to-left
+    override (a name that renders as "张txt.exe" but is "张\u202eexe.txt")."""
+    service = await services.get(name)
+    database = security_mongo[service.database_name()]
+    stored: list[str] = []
+    for collection in await database.list_collection_names():
+        if collection in ("audit", "idempotency", "idempotency_keys"):
+            continue  # the refused attempt itself may be recorded, verbatim, as evidence
+        async for doc in database[collection].find({}):
+            stored.extend(
+                f"{collection}/{doc.get('_id')}{where}"
+                for where in strings_with(doc, ("\x00", "\u202e"))
+            )
+    assert not stored, f"{name}: control characters stored: {stored[:15]}"
+
+
+async def test_hostile_import_files_are_refused_row_by_row(services: ServicePool, ids: Ids) -> None:
+    service = await services.get("registration")
+    header = "event_id,union_id,team_name,worker_ids\n"
+    files: dict[str, tuple[bytes, str]] = {
+        "json operator values": (
+            json.dumps(
+                [
+                    {
+                        "event_id": {"$gt": ""},
+                        "union_id": ids.union,
+                        "team_name": "",
+                        "worker_ids": [ids.worker],
+                    },
+                    {
+                        "event_id": ids.event,
+                        "union_id": {"$ne": None},
+                        "team_name": "",
+                        "worker_ids": [{"$where": "1"}],
+                    },
+                ]
+            ),
+            "json",
+        ),
+        "json $ keys": (
+            json.dumps([{"$where": "1", "a.b": 2, "event_id": ids.event, "union_id": ids.union}]),
+            "json",
+        ),
+        "json not an array": ('{"rows": []}', "json"),
+        "csv with NUL": (f"{header}{ids.event},{ids.union},a\x00b,{ids.worker}\n", "csv"),
+        "csv with RTL override": (
+            f"{header}{ids.event},{ids.union},队\u202egpj.exe,{ids.worker}\n",
+            "csv",
+        ),
+        "csv with a 10k team name": (
+            f"{header}{ids.event},{ids.union},{'队' * 10_000},{ids.worker}\n",
+            "csv",
+        ),
+        "csv with an unterminated quote": (f'{header}{ids.event},"{ids.union},,x\n', "csv"),
+        "csv with extra columns": (f"{header}{ids.event},{ids.union},,{ids.worker},x,y\n", "csv"),
+        "csv of binary": ("\ufffd\x01\x02\x03", "csv"),
+    }
+    problems: list[str] = []
+    async with service.client() as http:
+        for what, (text, file_format) in files.items():
+            answer = await http.post(
+                "/entries/import",
+                params={"mode": "valid_rows_only", "format": file_format},
+                content=text.encode("utf-8"),
+                headers={
+                    **service.admin_headers(),
+                    "Content-Type": "application/json" if file_format == "json" else "text/csv",
+                },
+            )
+            if answer.status_code >= 500:
+                problems.append(f"{what}: {answer.status_code} {answer.text[:200]}")
+            elif answer.status_code == 200 and answer.json().get("accepted", 0) > 0:
+                problems.append(f"{what}: accepted {answer.text[:200]}")
+            elif answer.status_code >= 400 and not names_a_field(answer):
+                problems.append(f"{what}: {answer.status_code} without a field {answer.text[:200]}")
+        invalid_utf8 = await http.post(
+            "/entries/import",
+            params={"mode": "valid_rows_only", "format": "csv"},
+            content=header.encode() + b"\xff\xfe\xfa,\xc3\x28,,\n",
+            headers={**service.admin_headers(), "Content-Type": "text/csv"},
+        )
+        if invalid_utf8.status_code >= 500 or (
+            invalid_utf8.status_code == 200 and invalid_utf8.json().get("accepted", 0) > 0
+        ):
+            problems.append(f"invalid UTF-8: {invalid_utf8.status_code} {invalid_utf8.text[:200]}")
+    assert not problems, "\n".join(problems)
+
+
+async def test_hostile_theory_imports_are_refused(services: ServicePool, ids: Ids) -> None:
+    service = await services.get("scoring")
+    chief = issue_token(
+        service.settings,
+        subject=ids.chief_judge,
+        role=Role.CHIEF_JUDGE,
+        scopes=[f"event:{ids.event}"],
+    )
+    header = "entry_id,member_id,score\n"
+    files = {
+        "formula entry id": f"{header}=cmd|' /C calc'!A0,,80\n",
+        "negative score": f"{header}{ids.entry},,-5\n",
+        "score above 100": f"{header}{ids.entry},,100.5\n",
+        "NaN score": f"{header}{ids.entry},,NaN\n",
+        "operator text": f'{header}"{{""$gt"": """"}}",,80\n',
+        "NUL": f"{header}{ids.entry}\x00,,80\n",
+        "traversal entry id": f"{header}../../etc/passwd,,80\n",
+        "no header": f"{ids.entry},,80\n",
+        "binary": "\x00\x01\x02",
+    }
+    problems: list[str] = []
+    async with service.client() as http:
+        for what, text in files.items():
+            answer = await http.post(
+                f"/events/{ids.event}/theory-import",
+                content=text.encode(),
+                headers={"Authorization": f"Bearer {chief}", "Content-Type": "text/csv"},
+            )
+            if answer.status_code >= 500:
+                problems.append(f"{what}: {answer.status_code} {answer.text[:200]}")
+            elif answer.status_code == 200 and answer.json().get("imported", 0) > 0:
+                problems.append(f"{what}: imported {answer.text[:200]}")
+    assert not problems, "\n".join(problems)
