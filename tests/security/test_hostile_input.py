@@ -623,7 +623,7 @@ async def test_no_nul_or_bidi_override_is_stored(
 async def test_hostile_import_files_are_refused_row_by_row(services: ServicePool, ids: Ids) -> None:
     service = await services.get("registration")
     header = "event_id,union_id,team_name,worker_ids\n"
-    files: dict[str, tuple[bytes, str]] = {
+    files: dict[str, tuple[str, str]] = {
         "json operator values": (
             json.dumps(
                 [
