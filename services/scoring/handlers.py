@@ -305,6 +305,14 @@ class ScoringService:
             self._writers.pop(event_id, None)
 
     async def _apply_jobs(self, event_id: str, jobs: list[MarkJob]) -> None:
+        try:
+            await self._validate_and_commit(event_id, jobs)
+        except BaseException:
+            # Memory may hold marks the database does not: rebuild from Mongo on next use.
+            self._evict(event_id)
+            raise
+
+    async def _validate_and_commit(self, event_id: str, jobs: list[MarkJob]) -> None:
         async with self._locks[event_id]:
             state = await self._state_locked(event_id)
             now = utc_now()
