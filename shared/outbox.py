@@ -10,9 +10,10 @@ consumers' processed-event records absorb (at-least-once on the wire, exactly-on
 Two document shapes share the sequence:
 - single: one event per document (`add`, `add_many`, `add_serialized`);
 - packed: many events in ONE document, `{_id: seq, batch: [{topic, key, value, event_id,
-  event_type, correlation_id, headers}, ...], n: len(batch), published}` (`add_packed`, up to
-  `PACK_MAX_EVENTS` events or about `PACK_MAX_BYTES` of event JSON per document). Bulk paths
-  that emit 100,000 events in one go write some 50 documents instead of 100,000.
+  event_type, correlation_id, headers?}, ...], n: len(batch), published}` (`add_packed`, up
+  to `PACK_MAX_EVENTS` events or about `PACK_MAX_BYTES` of event JSON per document; `value`
+  is the JSON as BSON binary, so the relay reads it back as bytes without a UTF-8 round
+  trip). Bulk paths that emit 100,000 events in one go write some 50 documents, not 100,000.
 The publishing order is (seq, position in the batch): a packed document is published as a
 whole, in its batch order, and marked published only after every one of its events was
 acknowledged; a crash in between re-publishes the whole pack (the same at-least-once rule).
@@ -223,7 +224,7 @@ class Outbox:
             part: dict[str, Any] = {
                 "topic": item.topic,
                 "key": item.key,
-                "value": item.value,
+                "value": item.value.encode(),
                 "event_id": item.event_id,
                 "event_type": item.event_type,
                 "correlation_id": item.correlation_id,
@@ -382,7 +383,12 @@ class OutboxRelay:
         return len(records)
 
     async def _watch(self) -> None:
-        pipeline = [{"$match": {"operationType": "insert"}}]
+        # Only the wake-up matters: leave the inserted documents (packed ones are megabytes)
+        # out of the stream.
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"operationType": "insert"}},
+            {"$project": {"operationType": 1}},
+        ]
         while not self._stopping:
             try:
                 async with await self._db[OUTBOX].watch(pipeline) as stream:
@@ -400,7 +406,7 @@ def _record(doc: dict[str, Any]) -> OutgoingRecord:
     return OutgoingRecord(
         topic=doc["topic"],
         key=doc["key"],
-        value=doc["value"].encode(),
+        value=value.encode() if isinstance(value := doc["value"], str) else value,
         event_id=doc["event_id"],
         event_type=doc["event_type"],
         headers={**doc.get("headers", {}), "correlation_id": doc.get("correlation_id", "")},

@@ -1,17 +1,21 @@
 """Bulk-registration throughput against the raw insert_many floor, measured in one run.
 
 `bench_bulk_registration(settings, n)` sets up a scratch database (one competition, one
-individual event, 10 unions, n workers — not timed), then times:
-- `bulk_registration_entries_per_s`: entries per second through the real bulk path
+individual event, 10 unions, n workers — not timed) and starts the service's Kafka producer
+and outbox relay, then times:
+- `bulk_registration_stored_entries_per_s`: entries per second through the real bulk path
   (`RegistrationService.import_entries` on a JSON file: parse, validate in memory, then one
-  transaction per 5,000-entry chunk writing the entries, their participant slots, quota
-  counters, the `EntryRegistered` outbox documents and an audit line);
-- `floor_insert_many_docs_per_s`: the same entry documents (the same count) written with one
-  plain `insert_many` (no transaction, default write concern) into a scratch collection.
-The bulk path writes about three documents per entry (entry, participant slot, outbox event)
-where the floor writes one; the ratio is entries/s over floor docs/s, as the target states.
-The outbox relay is not started, so Kafka publishing does not compete for the CPU; the scratch
-database is dropped afterwards.
+  transaction per chunk writing the entries, the quota counters, the `EntryRegistered`
+  events as packed outbox documents and an audit line), until `import_entries` returns;
+- `bulk_registration_entries_per_s` (the stricter figure, the one the target is about):
+  from the same start until the relay has ALSO published every one of the n events to Kafka
+  (acks=all) and marked them published: stored and emitted. The relay runs in the same
+  process, so its publishing competes with the import for the CPU, as in the service;
+- `floor_insert_many_docs_per_s`: the same entry documents (the same count, read back from
+  the entries collection) written with one plain unordered `insert_many` (no transaction,
+  default write concern) into a scratch collection with only the `_id` index.
+The ratio is entries/s over floor docs/s, as the target states. The scratch database is
+dropped afterwards; the n events stay on the run's registration topic.
 """
 
 from __future__ import annotations
@@ -40,8 +44,7 @@ from services.registration.repository import (
 )
 from shared.auth import Principal, Role
 from shared.events import CompetitionLevel, EventFormat, utc_now
-from shared.mongo import ensure_indexes
-from shared.runtime import COMMON_INDEXES, ServiceRuntime
+from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 
 UNIONS = 10
@@ -52,16 +55,28 @@ def _national_id(serial: int) -> str:
     return first + national_id_check_character(first)
 
 
+async def _until_published(runtime: ServiceRuntime, n: int, timeout_s: float = 600.0) -> None:
+    """Wait until the relay has published (and marked) all n events: checked on its own
+    counter every 5 ms, then confirmed on the outbox itself."""
+    for _ in range(int(timeout_s / 0.005)):
+        if runtime.relay.published_total >= n:
+            break
+        await asyncio.sleep(0.005)
+    pending = await runtime.outbox.pending_count()
+    if pending:
+        raise RuntimeError(f"the relay left {pending} of {n} events unpublished")
+
+
 async def bench_bulk_registration(settings: Settings, n: int = 100_000) -> dict[str, Any]:
     scratch = settings.model_copy(
         update={"mongodb_db_prefix": f"{settings.mongodb_db_prefix}-bench{uuid.uuid4().hex[:6]}"}
     )
-    runtime = ServiceRuntime("registration", scratch, indexes=INDEXES, relay_outbox=False)
+    runtime = ServiceRuntime("registration", scratch, indexes=INDEXES)
     repo = RegistrationRepository(runtime.db)
     service = RegistrationService(runtime, repo)
     admin = Principal(subject="bench", role=Role.ADMIN, scopes=frozenset({"*"}))
     try:
-        await ensure_indexes(runtime.db, {**COMMON_INDEXES, **INDEXES})
+        await runtime.start()  # indexes, topics, the Kafka producer and the outbox relay
         now = utc_now()
         competition = Competition(
             "bench-c",
@@ -116,11 +131,13 @@ async def bench_bulk_registration(settings: Settings, n: int = 100_000) -> dict[
             mode=ImportMode.ALL_OR_NOTHING,
             correlation_id="bench",
         )
-        bulk_s = time.perf_counter() - started
+        stored_s = time.perf_counter() - started
         if outcome.accepted != n:
             raise RuntimeError(
                 f"bulk import accepted {outcome.accepted} of {n}: {outcome.errors[:3]}"
             )
+        await _until_published(runtime, n)
+        bulk_s = time.perf_counter() - started
 
         stored = await runtime.db["entries"].find({}, {"_id": 0}).to_list()
         floor_docs = [{**doc, "_id": f"floor-{i}"} for i, doc in enumerate(stored)]
@@ -133,9 +150,14 @@ async def bench_bulk_registration(settings: Settings, n: int = 100_000) -> dict[
         floor_rate = len(floor_docs) / floor_s
         return {
             "bulk_registration_entries": n,
+            "bulk_registration_stored_seconds": round(stored_s, 3),
+            "bulk_registration_stored_entries_per_s": round(n / stored_s, 1),
+            "bulk_registration_stored_vs_floor_ratio": round(n / stored_s / floor_rate, 3),
             "bulk_registration_seconds": round(bulk_s, 3),
             "bulk_registration_entries_per_s": round(bulk_rate, 1),
-            "bulk_registration_docs_written": n * 2 + outbox_docs,
+            "bulk_registration_events_published": runtime.relay.published_total,
+            "bulk_registration_docs_written": n + outbox_docs,
+            "bulk_registration_outbox_docs": outbox_docs,
             "floor_insert_many_docs": len(floor_docs),
             "floor_insert_many_seconds": round(floor_s, 3),
             "floor_insert_many_docs_per_s": round(floor_rate, 1),
@@ -143,7 +165,7 @@ async def bench_bulk_registration(settings: Settings, n: int = 100_000) -> dict[
         }
     finally:
         await runtime.client.drop_database(scratch.database_name("registration"))
-        await runtime.client.close()
+        await runtime.stop()  # closes the client too
 
 
 if __name__ == "__main__":  # pragma: no cover
