@@ -39,6 +39,7 @@ from shared.events import (
     CompetitionRef,
     EntryRegistered,
     EntryRegisteredPayload,
+    Envelope,
     EventFormat,
     EventPublished,
     EventPublishedPayload,
@@ -69,7 +70,9 @@ async def _publish_roster(bootstrap: str, event_id: str, entries: int) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        messages = [new_event(EventPublished, published, producer="bench", correlation_id="b")]
+        messages: list[Envelope[Any]] = [
+            new_event(EventPublished, published, producer="bench", correlation_id="b")
+        ]
         for n in range(entries):
             payload = EntryRegisteredPayload(
                 entry_id=f"{event_id}-e{n}",

@@ -121,6 +121,9 @@ app = typer.Typer(
     help="Participation and pass-rate report of a competition (from the scoring service).",
     invoke_without_command=True,
     no_args_is_help=True,
+    # A group normally stops parsing options at its first argument (a sub-command name);
+    # this one has no sub-commands, so `report C1 --out x.png` must parse like a command.
+    context_settings={"allow_interspersed_args": True},
 )
 
 
@@ -138,14 +141,18 @@ def report_command(
 
     token = issue_token(get_settings(), subject="report-cli", role=Role.ADMIN, scopes=["*"])
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=60.0) as client:
-        response = client.get(f"/competitions/{competition_id}/report")
-        if response.status_code != 200:
-            typer.echo(f"scoring answered {response.status_code}: {response.text}", err=True)
-            raise typer.Exit(1)
-        report = response.json()
-        chart = client.get(f"/competitions/{competition_id}/report.png")
-        chart.raise_for_status()
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60.0) as client:
+            response = client.get(f"/competitions/{competition_id}/report")
+            if response.status_code != 200:
+                typer.echo(f"scoring answered {response.status_code}: {response.text}", err=True)
+                raise typer.Exit(1)
+            report = response.json()
+            chart = client.get(f"/competitions/{competition_id}/report.png")
+            chart.raise_for_status()
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach the scoring service at {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
     out.write_bytes(chart.content)
     typer.echo(format_report(report))
     typer.echo(f"chart written to {out}")

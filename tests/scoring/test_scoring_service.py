@@ -462,3 +462,21 @@ async def test_competition_report_json_and_png(scoring: ScoringHarness) -> None:
         f"/competitions/{contest.competition_id}/report", headers=judge_only
     )
     assert denied.status_code == 403
+
+
+async def test_report_command_writes_the_chart(scoring: ScoringHarness, tmp_path: Any) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from services.scoring import report
+
+    contest = await set_up_contest(scoring, ("U-a", "U-b"), scheme=practical_only_scheme())
+    await mark(scoring, contest, 1, mark_id=mark_id(), entry_id=contest.entry(2), value="61")
+    cli = typer.Typer()
+    cli.add_typer(report.app, name="report")  # as `jinchui report` registers it
+    out = tmp_path / "chart.png"
+    args = ["report", contest.competition_id, "--url", scoring.base_url, "--out", str(out)]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert "pass rate 50.00 %" in result.output
