@@ -598,10 +598,46 @@ def start_kafka(
             flavour = KafkaFlavour.TANSU
     assert flavour is not None
 
-    port, controller_port = _ports_for_restart(previous, out)
     cluster_id = previous.cluster_id if previous else _kafka_cluster_id()
     kafka_dir.mkdir(parents=True, exist_ok=True)
+    # A port picked as free can be taken by another process before the broker binds it, and
+    # a class-data archive written by another broker can be refused: retry once, fresh ports,
+    # no archive. Restarts that must keep their ports get no second try.
+    attempts = 1 if same_ports else 2
+    for attempt in range(1, attempts + 1):
+        port, controller_port = _ports_for_restart(previous if attempt == 1 else None, out)
+        try:
+            return _launch_kafka(
+                state_dir,
+                kafka_dir,
+                flavour,
+                libs,
+                port,
+                controller_port,
+                cluster_id,
+                out,
+                class_data_sharing=attempt == 1,
+            )
+        except InfraError as error:
+            if attempt == attempts:
+                raise
+            out.print(f"[yellow]Kafka did not start ({str(error)[:200]}…); retrying once")
+            stop_kafka(state_dir, kill=True)
+    raise AssertionError("unreachable")
 
+
+def _launch_kafka(
+    state_dir: Path,
+    kafka_dir: Path,
+    flavour: KafkaFlavour,
+    libs: Path | None,
+    port: int,
+    controller_port: int,
+    cluster_id: str,
+    out: Console,
+    *,
+    class_data_sharing: bool,
+) -> KafkaRecord:
     if flavour is KafkaFlavour.KAFKA:
         assert libs is not None
         data_dir = kafka_dir / "data"
@@ -612,7 +648,7 @@ def start_kafka(
                 _format_kafka_storage(libs, kafka_dir, cluster_id)
         argv = [
             *_kafka_jvm_argv(libs, kafka_dir / "logs"),
-            *_class_data_sharing_flags(libs, kafka_dir),
+            *(_class_data_sharing_flags(libs, kafka_dir) if class_data_sharing else []),
             "kafka.Kafka",
             str(properties),
         ]
@@ -640,13 +676,17 @@ def start_kafka(
     _write_kafka_record(state_dir, record)
     marker = _kafka_marker(state_dir, record)
     with out.status(f"Starting {flavour.value} on {record.bootstrap}…"):
-        _wait_until(
-            lambda: kafka_answers(record.bootstrap, 3.0),
-            alive=lambda: process_alive(pid, marker),
-            timeout_s=KAFKA_START_TIMEOUT_S,
-            what=f"{flavour.value} broker",
-            log=log,
-        )
+        try:
+            _wait_until(
+                lambda: kafka_answers(record.bootstrap, 3.0),
+                alive=lambda: process_alive(pid, marker),
+                timeout_s=KAFKA_START_TIMEOUT_S,
+                what=f"{flavour.value} broker",
+                log=log,
+            )
+        except InfraError as error:
+            stdout_tail = _tail(kafka_dir / "stdout.log")
+            raise InfraError(f"{error}\n--- stdout.log ---\n{stdout_tail}") from error
     return record
 
 

@@ -8,6 +8,7 @@ Decimals travel as strings (exact, never binary floats).
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -25,9 +26,23 @@ def _require_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+# Control characters (NUL, escapes) and bidirectional overrides (which make "abc" display as
+# "cba" on a certificate) have no place in a name or a reason; zero-width joiners stay (emoji).
+_UNPRINTABLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _printable(value: str) -> str:
+    if _UNPRINTABLE.search(value):
+        raise ValueError("must not contain control or bidirectional-override characters")
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(_printable)]
 UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+Name = Annotated[PlainText, Field(min_length=1, max_length=200)]
 Score = Annotated[Decimal, Field(ge=0, le=100, max_digits=7, decimal_places=2)]
 
 

@@ -46,15 +46,17 @@ from services.registration.handlers import (
 from services.registration.repository import remembered_body
 from shared.auth import Principal, Role, require
 from shared.errors import Conflict
-from shared.events import CompetitionLevel, EventFormat, ScoringScheme
+from shared.events import CompetitionLevel, EventFormat, PlainText, ScoringScheme
 from shared.http import correlation_id_of
 from shared.mongo import Session
 
 IdText = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-NameText = Annotated[str, Field(min_length=1, max_length=200)]
-OptionalText = Annotated[str, Field(max_length=200)]
+NameText = Annotated[PlainText, Field(min_length=1, max_length=200)]
+OptionalText = Annotated[PlainText, Field(max_length=200)]
 IMPORT_PATH = "/entries/import"
-MAX_WORKERS_PER_CALL = 20_000
+# Same bound as every other batch endpoint (settings.max_batch_items); larger rosters go
+# through several calls or the bulk import.
+MAX_WORKERS_PER_CALL = 5_000
 
 ADMIN = require(Role.ADMIN)
 OFFICER_OR_ADMIN = require(Role.UNION_OFFICER, Role.ADMIN)
@@ -145,7 +147,7 @@ class EntryIn(Strict):
 
 
 class WithdrawIn(Strict):
-    reason: Annotated[str, Field(max_length=500)] = ""
+    reason: Annotated[PlainText, Field(max_length=500)] = ""
 
 
 # --- response models ------------------------------------------------------------------------
