@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream import AckPolicy, BaseMiddleware
 from faststream.kafka import KafkaBroker
@@ -72,29 +72,56 @@ def create_broker(
     )
 
 
-class BrokerPublisher:
-    """The outbox relay's view of Kafka: send a batch in order, wait for every ack."""
+class RelayPublisher:
+    """The outbox relay's view of Kafka: send a batch in order, wait for every ack.
 
-    def __init__(self, broker: KafkaBroker) -> None:
-        self._broker = broker
+    A plain aiokafka producer of its own (acks=all, idempotent): one FastStream `publish`
+    per record costs several times the raw `send`, and the relay sends every event the
+    service ever emits. Keys are hashed by aiokafka's default partitioner, as FastStream's
+    publishers do, so an event id's messages share a partition whichever path sent them.
+    """
+
+    def __init__(self, settings: Settings, *, client_id: str, linger_ms: int = 5) -> None:
+        self._settings = settings
+        self._client_id = f"{client_id}-relay"
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        # Built here, not in __init__: an unstarted aiokafka producer warns when collected.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=self._settings.kafka_idempotence,
+            linger_ms=self._linger_ms,
+            max_batch_size=512 * 1024,
+            request_timeout_ms=30_000,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def publish_batch(self, records: Sequence[OutgoingRecord]) -> None:
         futures: list[asyncio.Future[Any]] = []
         for record in records:
-            future = await self._broker.publish(
-                record.value,
-                topic=record.topic,
-                key=record.key.encode(),
-                headers={
-                    **record.headers,
-                    "event_type": record.event_type,
-                    "event_id": record.event_id,
-                    "content-type": "application/json",
-                },
-                correlation_id=record.headers.get("correlation_id") or record.event_id,
-                no_confirm=True,
+            headers = [
+                *((name, value.encode()) for name, value in record.headers.items() if value),
+                ("event_type", record.event_type.encode()),
+                ("event_id", record.event_id.encode()),
+                ("content-type", b"application/json"),
+            ]
+            if not record.headers.get("correlation_id"):
+                headers.append(("correlation_id", record.event_id.encode()))
+            assert self._producer is not None, "RelayPublisher.start() first"
+            futures.append(
+                await self._producer.send(
+                    record.topic, record.value, key=record.key.encode(), headers=headers
+                )
             )
-            futures.append(future)
         await asyncio.gather(*futures)
 
 

@@ -17,8 +17,8 @@ from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from shared.events import Envelope
 from shared.inbox import PROCESSED, process_once
 from shared.kafka import (
-    BrokerPublisher,
     OffsetCommitter,
+    RelayPublisher,
     broker_dead_letter_sink,
     create_broker,
     dead_letter_middleware,
@@ -77,7 +77,8 @@ class ServiceRuntime:
             ],
         )
         self.outbox = Outbox(self.db)
-        self.relay = OutboxRelay(self.db, BrokerPublisher(self.broker), name=f"{name}-outbox-relay")
+        self.relay_publisher = RelayPublisher(self.settings, client_id=f"jinchui-{name}")
+        self.relay = OutboxRelay(self.db, self.relay_publisher, name=f"{name}-outbox-relay")
         self._relay_outbox = relay_outbox
         self._indexes = {**COMMON_INDEXES, **(indexes or {})}
         self._on_start: list[Callable[[], Awaitable[None]]] = []
@@ -102,6 +103,7 @@ class ServiceRuntime:
             await hook()
         await self.broker.start()
         if self._relay_outbox:
+            await self.relay_publisher.start()
             await self.relay.start()
         self.started = True
         log.info("service started", kafka=self.settings.kafka_bootstrap_servers)
@@ -110,6 +112,7 @@ class ServiceRuntime:
         self.started = False
         if self._relay_outbox:
             await self.relay.stop()
+            await self.relay_publisher.stop()
         await self.offsets.flush()
         await self.broker.stop()
         for hook in reversed(self._on_stop):

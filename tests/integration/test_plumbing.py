@@ -31,7 +31,7 @@ from shared.events import (
     utc_now,
 )
 from shared.http import audit, create_http_app
-from shared.kafka import BrokerPublisher, consumer_options, strict_decoder
+from shared.kafka import RelayPublisher, consumer_options, strict_decoder
 from shared.mongo import Session
 from shared.outbox import OUTBOX, OutboxRelay, SerializedEvent
 from shared.runtime import AUDIT, ServiceRuntime
@@ -175,7 +175,9 @@ async def test_packed_and_single_outbox_documents_publish_in_one_order(
     event_id = "ev-" + uuid.uuid4().hex[:8]
     events = [results_event(event_id, version=v) for v in range(1, 32)]
     await rt.start()
-    relay = OutboxRelay(rt.db, BrokerPublisher(rt.broker), batch_size=12)
+    publisher = RelayPublisher(rt.settings, client_id="plumbing-test")
+    await publisher.start()
+    relay = OutboxRelay(rt.db, publisher, batch_size=12)
     try:
 
         async def singles(session: Session) -> None:
@@ -210,6 +212,7 @@ async def test_packed_and_single_outbox_documents_publish_in_one_order(
         pending = await rt.outbox.pending_count()
         stamped = await rt.db[OUTBOX].count_documents({"published_at": {"$exists": True}})
     finally:
+        await publisher.stop()
         await rt.stop()
     assert passes == [3, 15, 11, 2, 0], "bounded by events, one whole document at least"
     versions = [TypeAdapter(ResultsEvent).validate_json(r.value).payload.version for r in records]
