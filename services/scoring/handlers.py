@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -841,10 +842,16 @@ class ScoringService:
             self._publisher = None
 
     async def _publish_standings_forever(self) -> None:
+        pause = STANDINGS_PUBLISH_INTERVAL_S
         while True:
-            await asyncio.sleep(STANDINGS_PUBLISH_INTERVAL_S)
+            await asyncio.sleep(pause)
+            started = time.monotonic()
             try:
                 await self.publish_changed_standings()
+                # Big rosters make a standings message costly to build: keep its share of the
+                # CPU under about a fifth, so the mark stream is never starved by its echo.
+                elapsed = time.monotonic() - started
+                pause = max(STANDINGS_PUBLISH_INTERVAL_S, 4 * elapsed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
