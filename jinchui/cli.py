@@ -26,6 +26,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("jinchui.dlq", "Inspect and replay dead-lettered messages."),
     "replay": ("jinchui.replay", "Rebuild a service's derived state from the topics."),
     "faults": ("jinchui.faults", "Fault injection: crashes, restarts, redelivery, poison."),
+    "report": ("services.scoring.report", "Participation and pass rates of a competition."),
 }
 for _name, (_module, _help) in _SUBCOMMANDS.items():
     try:

@@ -27,15 +27,18 @@ def _require_utc(value: datetime) -> datetime:
 
 
 # Control characters (NUL, escapes) and bidirectional overrides (which make "abc" display as
-# "cba" on a certificate) have no place in a name or a reason; zero-width joiners stay (emoji).
+# "cba" on a certificate) have no place in a name or a reason, nor have lone surrogates (no
+# valid UTF-8 exists for them); zero-width joiners stay (emoji).
 _UNPRINTABLE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 
 
 def _printable(value: str) -> str:
     if _UNPRINTABLE.search(value):
-        raise ValueError("must not contain control or bidirectional-override characters")
+        raise ValueError(
+            "must not contain control, bidirectional-override or lone surrogate characters"
+        )
     return value
 
 

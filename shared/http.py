@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +21,9 @@ from shared.mongo import Session
 from shared.runtime import AUDIT, ServiceRuntime
 
 log = get_logger(__name__)
+ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+# Ids in URL paths follow the documented id rule: no NUL, no encoded slashes, no traversal.
+PathId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 CORRELATION_HEADER = "X-Correlation-ID"
 
 

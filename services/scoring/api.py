@@ -15,6 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from shared.auth import Principal, Role, decode_token, require
 from shared.errors import DomainError
+from shared.http import PathId
 from shared.settings import get_settings
 
 from .handlers import (
@@ -100,7 +101,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.put("/events/{event_id}/panel", summary="Assign the judging panel and chief judge")
     async def put_panel(
-        event_id: str,
+        event_id: PathId,
         body: PanelBody,
         principal: Annotated[Principal, Depends(require(Role.ADMIN))],
     ) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.post("/events/{event_id}/marks", status_code=201, summary="Submit one mark")
     async def post_mark(
-        event_id: str,
+        event_id: PathId,
         body: MarkSubmission,
         request: Request,
         principal: Annotated[Principal, Depends(require(*JUDGES))],
@@ -134,7 +135,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.post("/events/{event_id}/marks/batch", summary="Submit many marks")
     async def post_batch(
-        event_id: str,
+        event_id: PathId,
         body: BatchBody,
         request: Request,
         principal: Annotated[Principal, Depends(require(*JUDGES))],
@@ -152,7 +153,7 @@ def build_router(service: ScoringService) -> APIRouter:
         return JSONResponse(shown, status_code=status)
 
     @router.websocket("/events/{event_id}/marks/stream")
-    async def mark_stream(websocket: WebSocket, event_id: str) -> None:
+    async def mark_stream(websocket: WebSocket, event_id: PathId) -> None:
         """Scoring tablets: browsers cannot set headers on a WebSocket, so `?token=`."""
         try:
             principal = decode_token(get_settings(), websocket.query_params.get("token", ""))
@@ -172,7 +173,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.post("/events/{event_id}/theory-import", summary="Import theory scores (CSV)")
     async def theory_import(
-        event_id: str,
+        event_id: PathId,
         request: Request,
         principal: Annotated[Principal, Depends(require(Role.CHIEF_JUDGE, Role.ADMIN))],
     ) -> Response:
@@ -186,7 +187,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.get("/events/{event_id}/standings", summary="Live standings of an event")
     async def standings(
-        event_id: str,
+        event_id: PathId,
         _principal: Annotated[Principal, Depends(require(*Role))],
     ) -> Response:
         state = await service.state(event_id)
@@ -194,7 +195,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.get("/events/{event_id}/standings/stream", summary="Standings as server-sent events")
     async def standings_stream(
-        event_id: str,
+        event_id: PathId,
         request: Request,
         _principal: Annotated[Principal, Depends(require(*Role))],
     ) -> StreamingResponse:
@@ -206,15 +207,15 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.get("/entries/{entry_id}/marks", summary="Full mark history of an entry")
     async def mark_history(
-        entry_id: str,
+        entry_id: PathId,
         principal: Annotated[Principal, Depends(require(Role.JUDGE, Role.CHIEF_JUDGE, Role.ADMIN))],
     ) -> dict[str, Any]:
         return await service.mark_history(entry_id, principal)
 
     @router.post("/events/{event_id}/flags/{entry_id}/resolve", summary="Resolve a divergence")
     async def resolve_flag(
-        event_id: str,
-        entry_id: str,
+        event_id: PathId,
+        entry_id: PathId,
         body: ResolveBody,
         request: Request,
         principal: Annotated[Principal, Depends(require(Role.CHIEF_JUDGE))],
@@ -230,7 +231,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.post("/events/{event_id}/finalise", summary="Finalise the results (version 1)")
     async def finalise(
-        event_id: str,
+        event_id: PathId,
         _body: FinaliseBody,
         request: Request,
         principal: Annotated[Principal, Depends(require(Role.CHIEF_JUDGE))],
@@ -242,7 +243,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.post("/events/{event_id}/amend", summary="Amend finalised results after an appeal")
     async def amend(
-        event_id: str,
+        event_id: PathId,
         body: AmendBody,
         request: Request,
         principal: Annotated[Principal, Depends(require(Role.CHIEF_JUDGE))],
@@ -254,7 +255,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.get("/competitions/{competition_id}/report", summary="Participation and pass rates")
     async def report(
-        competition_id: str,
+        competition_id: PathId,
         principal: Annotated[Principal, Depends(require(Role.ADMIN, Role.LEADER))],
     ) -> dict[str, Any]:
         principal.require_scope("competition", competition_id)
@@ -262,7 +263,7 @@ def build_router(service: ScoringService) -> APIRouter:
 
     @router.get("/competitions/{competition_id}/report.png", summary="The report as a PNG chart")
     async def report_png(
-        competition_id: str,
+        competition_id: PathId,
         principal: Annotated[Principal, Depends(require(Role.ADMIN, Role.LEADER))],
     ) -> Response:
         principal.require_scope("competition", competition_id)
