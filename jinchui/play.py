@@ -79,7 +79,7 @@ class WebhookReceiver:
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
+        while not self._server.started:  # noqa: ASYNC110 - uvicorn offers no started event
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:

@@ -99,7 +99,7 @@ async def test_awards_are_granted_once_each(played: tuple[PlayResult, Any]) -> N
 async def test_every_leader_hears_of_every_award_exactly_once(
     played: tuple[PlayResult, Any],
 ) -> None:
-    result, scenario = played
+    result, _scenario = played
     delivered = [d for d in result.deliveries if d.get("status") == "delivered"]
     assert result.expected_deliveries > 0
     assert len(delivered) == result.expected_deliveries
