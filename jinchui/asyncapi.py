@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from shared.runtime import ServiceRuntime
-from shared.settings import SERVICES
+from shared.settings import SERVICES, Settings
 
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "asyncapi"
 
@@ -18,7 +18,13 @@ DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "asyncapi"
 def service_asyncapi(service: str) -> dict[str, Any]:
     """Build the service's app (nothing connects) and ask its runtime for the document."""
     module = importlib.import_module(f"services.{service}.app")
-    app = module.create_app()
+    # Fixed addresses: the document must not depend on where this machine's broker runs.
+    app = module.create_app(
+        Settings(
+            kafka_bootstrap_servers="kafka:9092",
+            mongodb_url="mongodb://mongo:27017/?replicaSet=rs0",
+        )
+    )
     runtime: ServiceRuntime = app.state.runtime
     document: dict[str, Any] = runtime.asyncapi_document(app.title, app.description)
     return document

@@ -195,7 +195,8 @@ async def dead_letters(
     await consumer.start()
     found: list[dict[str, str]] = []
     try:
-        deadline = time.monotonic() + 45
+        # A fresh consumer group first replays the topic's whole history of the session.
+        deadline = time.monotonic() + 150
         while len(found) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
