@@ -196,7 +196,7 @@ async def dead_letters(
     found: list[dict[str, str]] = []
     try:
         # A fresh consumer group first replays the topic's whole history of the session.
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300
         while len(found) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
