@@ -17,7 +17,7 @@ from shared.auth import Principal
 from shared.errors import DomainError
 from shared.events import utc_now
 from shared.logging import correlation, get_logger
-from shared.mongo import Session
+from shared.mongo import Doc, Session
 from shared.runtime import AUDIT, ServiceRuntime
 
 log = get_logger(__name__)
@@ -220,6 +220,26 @@ def create_http_app(
     return app
 
 
+def audit_document(
+    principal: Principal | None,
+    action: str,
+    target: str,
+    details: dict[str, Any] | None = None,
+    *,
+    outcome: str = "ok",
+) -> Doc:
+    """One audit record: who did what to which object, and when."""
+    return {
+        "at": utc_now(),
+        "actor": principal.subject if principal else None,
+        "role": principal.role.value if principal else None,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "details": details or {},
+    }
+
+
 async def audit(
     runtime: ServiceRuntime,
     session: Session | None,
@@ -232,14 +252,13 @@ async def audit(
 ) -> None:
     """Record who did what to which object, and when; inside the write's own transaction."""
     await runtime.db[AUDIT].insert_one(
-        {
-            "at": utc_now(),
-            "actor": principal.subject if principal else None,
-            "role": principal.role.value if principal else None,
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "details": details or {},
-        },
-        session=session,
+        audit_document(principal, action, target, details, outcome=outcome), session=session
     )
+
+
+async def audit_many(
+    runtime: ServiceRuntime, session: Session | None, documents: Sequence[Doc]
+) -> None:
+    """Write many `audit_document` records in one round trip, inside the caller's transaction."""
+    if documents:
+        await runtime.db[AUDIT].insert_many(list(documents), ordered=True, session=session)

@@ -23,6 +23,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("pymongo").setLevel(
         max(logging.INFO, logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
     )
+    # httpx logs one plain-text INFO line per request: not JSON, and it drowns a load run.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -51,10 +53,10 @@ from shared.events import (
     new_event,
     utc_now,
 )
-from shared.http import audit
+from shared.http import audit, audit_document, audit_many
 from shared.kafka import consumer_options, strict_decoder
 from shared.logging import correlation, get_logger
-from shared.mongo import Session
+from shared.mongo import Doc, Session
 from shared.runtime import ServiceRuntime
 
 log = get_logger(__name__)
@@ -179,13 +181,9 @@ class AwardsService:
         for award in plan.revocations:
             outgoing.append(await self._revoke(award, incoming, version, now, session))
             revoked.append(award.award_id)
-        granted: list[str] = []
-        for decision in plan.grants:
-            award_id, message = await self._grant(decision, policy, incoming, now, session)
-            outgoing.append(message)
-            granted.append(award_id)
+        granted = await self._grant_all(plan.grants, policy, incoming, now, session, outgoing)
         await self.runtime.outbox.add_many(session, outgoing)
-        return Applied(granted=tuple(granted), revoked=tuple(revoked))
+        return Applied(granted=granted, revoked=tuple(revoked))
 
     async def _revoke(
         self,
@@ -220,51 +218,71 @@ class AwardsService:
         )
         return topics.AWARDS_DECISIONS, award.recipient.recipient_id, event
 
-    async def _grant(
+    async def _grant_all(
         self,
-        decision: Decision,
+        decisions: Sequence[Decision],
         policy: AwardPolicy,
         incoming: Envelope[EventResultsPayload],
-        now: Any,
+        now: datetime,
         session: Session,
-    ) -> tuple[str, tuple[str, str, Envelope[Any]]]:
-        competition = decision.competition
-        certificate_no = await self.repo.next_certificate_number(
-            competition.level, competition.year, decision.award_type, session
-        )
-        award_id = "aw-" + uuid.uuid4().hex
-        rule = policy.rule_for(decision.award_type)
-        await self.repo.insert_grant(
-            decision,
-            award_id=award_id,
-            certificate_no=certificate_no,
-            granted_at=now,
-            once_per_year=bool(rule and rule.once_per_person_per_year_per_level),
-            session=session,
-        )
-        await audit(
-            self.runtime,
-            session,
-            None,
-            "award.grant",
-            award_id,
-            {
-                "award_key": decision.award_key,
-                "certificate_no": certificate_no,
-                "version": decision.result_version,
-                "cause": str(incoming.event_id),
-            },
-        )
-        event = new_event(
-            AwardGranted,
-            decision.granted_payload(
-                award_id=award_id, certificate_no=certificate_no, granted_at=now
-            ),
-            producer=PRODUCER,
-            correlation_id=incoming.correlation_id,
-            causation_id=str(incoming.event_id),
-        )
-        return award_id, (topics.AWARDS_DECISIONS, decision.recipient.recipient_id, event)
+        outgoing: list[tuple[str, str, Envelope[Any]]],
+    ) -> tuple[str, ...]:
+        """Grant every decision with a handful of round trips whatever their number (one
+        certificate reservation per series, one insert of the awards, one of their audit):
+        a finalisation's awards sit on the path to the leadership's notification."""
+        series: dict[AwardType, list[Decision]] = defaultdict(list)
+        for decision in decisions:
+            series[decision.award_type].append(decision)
+        numbers: dict[int, str] = {}
+        for award_type, members in series.items():
+            competition = members[0].competition
+            reserved = await self.repo.reserve_certificate_numbers(
+                competition.level, competition.year, award_type, len(members), session
+            )
+            numbers.update(zip(map(id, members), reserved, strict=True))
+        documents: list[Doc] = []
+        audits: list[Doc] = []
+        granted: list[str] = []
+        for decision in decisions:
+            certificate_no = numbers[id(decision)]
+            award_id = "aw-" + uuid.uuid4().hex
+            rule = policy.rule_for(decision.award_type)
+            documents.append(
+                self.repo.grant_document(
+                    decision,
+                    award_id=award_id,
+                    certificate_no=certificate_no,
+                    granted_at=now,
+                    once_per_year=bool(rule and rule.once_per_person_per_year_per_level),
+                )
+            )
+            audits.append(
+                audit_document(
+                    None,
+                    "award.grant",
+                    award_id,
+                    {
+                        "award_key": decision.award_key,
+                        "certificate_no": certificate_no,
+                        "version": decision.result_version,
+                        "cause": str(incoming.event_id),
+                    },
+                )
+            )
+            event = new_event(
+                AwardGranted,
+                decision.granted_payload(
+                    award_id=award_id, certificate_no=certificate_no, granted_at=now
+                ),
+                producer=PRODUCER,
+                correlation_id=incoming.correlation_id,
+                causation_id=str(incoming.event_id),
+            )
+            outgoing.append((topics.AWARDS_DECISIONS, decision.recipient.recipient_id, event))
+            granted.append(award_id)
+        await self.repo.insert_grants(documents, session)
+        await audit_many(self.runtime, session, audits)
+        return tuple(granted)
 
 
 def register_handlers(runtime: ServiceRuntime, service: AwardsService) -> None:

@@ -205,29 +205,42 @@ class AwardsRepository:
             )
         )
 
-    async def next_certificate_number(
-        self, level: CompetitionLevel, year: int, award_type: AwardType, session: Session
-    ) -> str:
+    async def reserve_certificate_numbers(
+        self,
+        level: CompetitionLevel,
+        year: int,
+        award_type: AwardType,
+        count: int,
+        session: Session,
+    ) -> list[str]:
+        """The next `count` certificate numbers of one series, reserved in one round trip."""
         counter = await self._db[CERTIFICATE_COUNTERS].find_one_and_update(
             {"_id": f"{level.value}:{year}:{award_type.value}"},
-            {"$inc": {"seq": 1}},
+            {"$inc": {"seq": count}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
             session=session,
         )
         assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
-        return certificate_number(level, year, award_type, int(counter["seq"]))
+        last = int(counter["seq"])
+        return [
+            certificate_number(level, year, award_type, seq)
+            for seq in range(last - count + 1, last + 1)
+        ]
 
-    async def insert_grant(
-        self,
+    async def insert_grants(self, documents: list[Doc], session: Session) -> None:
+        if documents:
+            await self._db[AWARDS].insert_many(documents, ordered=True, session=session)
+
+    @staticmethod
+    def grant_document(
         decision: Decision,
         *,
         award_id: str,
         certificate_no: str,
         granted_at: datetime,
         once_per_year: bool,
-        session: Session,
-    ) -> None:
+    ) -> Doc:
         competition = decision.competition
         doc: Doc = {
             "_id": award_id,
@@ -259,7 +272,7 @@ class AwardsRepository:
                 competition.year,
                 decision.recipient.recipient_id,
             )
-        await self._db[AWARDS].insert_one(doc, session=session)
+        return doc
 
     async def mark_revoked(
         self,

@@ -48,6 +48,7 @@ from shared.events import (
     new_event,
     utc_now,
 )
+from shared.http import audit_document
 from shared.kafka import consumer_options, strict_decoder
 from shared.logging import correlation, get_logger
 from shared.mongo import Doc, Session
@@ -136,25 +137,6 @@ class MarkJob:
     future: asyncio.Future[list[MarkOutcome]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-
-def audit_document(
-    principal: Principal | None,
-    action: str,
-    target: str,
-    details: dict[str, Any],
-    outcome: str = "ok",
-) -> Doc:
-    """The same record `shared.http.audit` writes, for writing many in one `insert_many`."""
-    return {
-        "at": utc_now(),
-        "actor": principal.subject if principal else None,
-        "role": principal.role.value if principal else None,
-        "action": action,
-        "target": target,
-        "outcome": outcome,
-        "details": details,
-    }
 
 
 def mark_recorded(event_id: str, mark: Mark, correlation_id: str) -> SerializedEvent:
