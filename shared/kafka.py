@@ -81,7 +81,9 @@ class RelayPublisher:
     publishers do, so an event id's messages share a partition whichever path sent them.
     """
 
-    def __init__(self, settings: Settings, *, client_id: str, linger_ms: int = 5) -> None:
+    # No linger: a relay pass hands a whole batch to the producer before it yields, so the
+    # records batch anyway, and lingering would only add to every hop's latency.
+    def __init__(self, settings: Settings, *, client_id: str, linger_ms: int = 0) -> None:
         self._settings = settings
         self._client_id = f"{client_id}-relay"
         self._linger_ms = linger_ms
