@@ -7,6 +7,7 @@ a crash after the commit but before the Kafka offset commit changes nothing on r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ async def process_once(
     event: Envelope[Any],
     consumer: str,
     work: Callable[[Session], Awaitable[None]],
+    *,
+    one_at_a_time: asyncio.Lock | None = None,
 ) -> bool:
     """Apply `work` exactly once per (consumer, event id); returns False for a duplicate."""
 
@@ -47,7 +50,7 @@ async def process_once(
         await work(session)
 
     try:
-        await in_transaction(client, unit)
+        await in_transaction(client, unit, one_at_a_time=one_at_a_time)
     except AlreadyProcessed:
         return False
     return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -56,15 +58,21 @@ def service_database(client: AsyncMongoClient[Doc], settings: Settings, service:
 
 
 async def in_transaction(
-    client: AsyncMongoClient[Doc], work: Callable[[Session], Awaitable[T]]
+    client: AsyncMongoClient[Doc],
+    work: Callable[[Session], Awaitable[T]],
+    *,
+    one_at_a_time: asyncio.Lock | None = None,
 ) -> T:
-    """Run `work` in one majority-committed transaction, retrying transient conflicts."""
-    async with client.start_session() as session:
-        return await session.with_transaction(
-            work,
-            read_concern=ReadConcern("snapshot"),
-            write_concern=WriteConcern("majority"),
-        )
+    """Run `work` in one majority-committed transaction, retrying transient conflicts.
+
+    `one_at_a_time`, when given, is held for the whole transaction, retries included."""
+    async with one_at_a_time or contextlib.nullcontext():
+        async with client.start_session() as session:
+            return await session.with_transaction(
+                work,
+                read_concern=ReadConcern("snapshot"),
+                write_concern=WriteConcern("majority"),
+            )
 
 
 async def ensure_indexes(db: Database, indexes: dict[str, Sequence[IndexModel]]) -> None:

@@ -83,7 +83,18 @@ class ServiceRuntime:
         self._indexes = {**COMMON_INDEXES, **(indexes or {})}
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._transactions: asyncio.Lock | None = None
         self.started = False
+
+    def _one_transaction_at_a_time(self) -> asyncio.Lock:
+        """Every transaction bumps the outbox sequence (shared.outbox), so two in flight in one
+        process conflict on it and MongoDB aborts one, to be redone whole (a batch of a
+        thousand marks included). Queued in-process they never conflict, and the work that
+        waits meanwhile batches up. Replicas of a service still conflict and retry, correctly.
+        Made on first use, on the running event loop."""
+        if self._transactions is None:
+            self._transactions = asyncio.Lock()
+        return self._transactions
 
     def group_id(self, purpose: str = "main") -> str:
         return f"{self.settings.mongodb_db_prefix}-{self.name}-{purpose}"
@@ -132,7 +143,9 @@ class ServiceRuntime:
 
     async def transact(self, work: Callable[[Session], Awaitable[T]]) -> T:
         """Run a unit of work in one transaction, then wake the relay to publish its events."""
-        result = await in_transaction(self.client, work)
+        result = await in_transaction(
+            self.client, work, one_at_a_time=self._one_transaction_at_a_time()
+        )
         self.relay.nudge()
         return result
 
@@ -140,7 +153,14 @@ class ServiceRuntime:
         self, event: Envelope[Any], work: Callable[[Session], Awaitable[None]]
     ) -> bool:
         """Apply a consumed event's effects exactly once (see shared.inbox)."""
-        applied = await process_once(self.client, self.db, event, self.name, work)
+        applied = await process_once(
+            self.client,
+            self.db,
+            event,
+            self.name,
+            work,
+            one_at_a_time=self._one_transaction_at_a_time(),
+        )
         if applied:
             self.relay.nudge()
         return applied
