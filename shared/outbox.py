@@ -4,7 +4,9 @@ A service writes its state change and the events it owes the world in one MongoD
 transaction (`Outbox.add`); the relay publishes them to Kafka in sequence order and marks them
 sent. Sequence numbers come from a counter document incremented inside the same transaction,
 so concurrent writers serialise on it and sequence order equals commit order: the relay never
-sees seq N+1 before seq N exists. A crash between publish and marking re-publishes, which the
+sees seq N+1 before seq N exists. (Concurrent writers would conflict on it, so a service runs
+its own transactions one at a time, see `ServiceRuntime`; only replicas still race, and
+MongoDB retries the loser.) A crash between publish and marking re-publishes, which the
 consumers' processed-event records absorb (at-least-once on the wire, exactly-once in effect).
 
 Two document shapes share the sequence:
