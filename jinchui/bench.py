@@ -444,8 +444,8 @@ async def run_bench(
     )
     try:
         n_floor = int(100_000 * scale)
-        with console.status("Floor: raw insert_many…"):
-            figures["floor_insert_many_docs_per_s"] = round(
+        with console.status("Floor: raw insert_many of mark documents…"):
+            figures["floor_insert_many_mark_docs_per_s"] = round(
                 await floor_insert_many(settings.mongodb_url, n_floor), 1
             )
         with console.status("Floor: raw aiokafka produce→consume…"):
@@ -496,13 +496,21 @@ def figures_table(figures: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     table.add_column("vs floor", justify="right")
     table.add_column("target")
+    # Each figure against raw insert_many of its own documents: entries for registration
+    # (floor_insert_many_docs_per_s, measured by the bulk stage), marks for marks.
     insert_floor = figures.get("floor_insert_many_docs_per_s") or 0
+    mark_floor = figures.get("floor_insert_many_mark_docs_per_s") or 0
     kafka_floor = figures.get("floor_kafka_msgs_per_s") or 0
 
     def ratio(value: float, floor: float) -> str:
         return f"{value / floor:.2f}×" if floor else "–"
 
-    table.add_row("floor: raw insert_many (docs/s)", f"{insert_floor:,.0f}", "1.00×", "")
+    table.add_row(
+        "floor: raw insert_many of entry documents (docs/s)", f"{insert_floor:,.0f}", "1.00×", ""
+    )
+    table.add_row(
+        "floor: raw insert_many of mark documents (docs/s)", f"{mark_floor:,.0f}", "1.00×", ""
+    )
     table.add_row(
         "floor: raw aiokafka produce→consume (msgs/s)", f"{kafka_floor:,.0f}", "1.00×", ""
     )
@@ -517,7 +525,7 @@ def figures_table(figures: dict[str, Any]) -> Table:
     table.add_row(
         "marks over WebSocket, in standings (marks/s)",
         f"{marks:,.0f}",
-        f"{ratio(marks, insert_floor)} mongo, {ratio(marks, kafka_floor)} kafka",
+        f"{ratio(marks, mark_floor)} mongo, {ratio(marks, kafka_floor)} kafka",
         "≥ 5,000/s and ≥ 0.25× insert_many",
     )
     latency = figures.get("finalisation_to_notification_ms", {})
