@@ -48,12 +48,12 @@ from shared.events import (
     new_event,
     utc_now,
 )
-from shared.http import audit_document
+from shared.http import audit, audit_document, audit_many
 from shared.kafka import consumer_options, strict_decoder
 from shared.logging import correlation, get_logger
 from shared.mongo import Doc, Session
 from shared.outbox import SerializedEvent
-from shared.runtime import AUDIT, ServiceRuntime
+from shared.runtime import ServiceRuntime
 
 from .domain import (
     AddOutcome,
@@ -287,14 +287,13 @@ class ScoringService:
 
             async def work(session: Session) -> None:
                 await self.repo.save_panel(panel, utc_now(), session)
-                await self.runtime.db[AUDIT].insert_one(
-                    audit_document(
-                        principal,
-                        "panel.assign",
-                        event_id,
-                        {"chief_judge_id": chief_judge_id, "judges": judges},
-                    ),
-                    session=session,
+                await audit(
+                    self.runtime,
+                    session,
+                    principal,
+                    "panel.assign",
+                    event_id,
+                    {"chief_judge_id": chief_judge_id, "judges": judges},
                 )
 
             await self.runtime.transact(work)
@@ -474,7 +473,7 @@ class ScoringService:
             await self.repo.insert_marks(event_id, first_seq, added, session)
             await self.runtime.outbox.add_packed(session, outgoing)
             if audits:
-                await self.runtime.db[AUDIT].insert_many(audits, session=session)
+                await audit_many(self.runtime, session, audits)
             for claim, (status, body) in remembered:
                 await self.idempotency.remember(session, claim, status, body)
 
@@ -621,19 +620,18 @@ class ScoringService:
 
             async def work(session: Session) -> None:
                 await self.repo.save_resolution(event_id, resolution, session)
-                await self.runtime.db[AUDIT].insert_one(
-                    audit_document(
-                        principal,
-                        "flag.resolve",
-                        f"{event_id}/{entry_id}",
-                        {
-                            "component": component,
-                            "member_id": member_id,
-                            "note": note,
-                            "covered_mark_ids": answer["covered_mark_ids"],
-                        },
-                    ),
-                    session=session,
+                await audit(
+                    self.runtime,
+                    session,
+                    principal,
+                    "flag.resolve",
+                    f"{event_id}/{entry_id}",
+                    {
+                        "component": component,
+                        "member_id": member_id,
+                        "note": note,
+                        "covered_mark_ids": answer["covered_mark_ids"],
+                    },
                 )
                 await self.idempotency.remember(session, claim, 200, answer)
 
@@ -719,14 +717,13 @@ class ScoringService:
             async def work(session: Session) -> None:
                 await self.repo.save_result(envelope.event_type, payload, session)
                 await self.runtime.outbox.add(session, topics.SCORING_RESULTS, event_id, envelope)
-                await self.runtime.db[AUDIT].insert_one(
-                    audit_document(
-                        principal,
-                        "result.amend" if amending else "result.finalise",
-                        event_id,
-                        {"version": version, "reason": reason, "event_id": str(envelope.event_id)},
-                    ),
-                    session=session,
+                await audit(
+                    self.runtime,
+                    session,
+                    principal,
+                    "result.amend" if amending else "result.finalise",
+                    event_id,
+                    {"version": version, "reason": reason, "event_id": str(envelope.event_id)},
                 )
                 await self.idempotency.remember(session, claim, 200, answer)
 
