@@ -395,3 +395,44 @@ async def test_http_edge_auth_limits_errors_health_and_audit(infra: Any, db_pref
         monkey.undo()
         settings_module.get_settings.cache_clear()
     assert [(a["actor"], a["target"]) for a in audited] == [("o1", "u1")]
+
+
+async def test_a_service_runs_its_transactions_one_at_a_time_so_none_is_redone(
+    infra: Any, db_prefix: str
+) -> None:
+    """Every transaction bumps the outbox sequence; were two of one process in flight at once,
+    MongoDB would abort one on that counter and `with_transaction` would run its work again
+    (a thousand marks re-inserted). Queued, each unit of work runs exactly once."""
+    rt = ServiceRuntime("plumbing", settings_for(infra, db_prefix), relay_outbox=False)
+    event_id = "ev-" + uuid.uuid4().hex[:8]
+    runs: list[int] = []
+    in_flight = [0, 0]  # now, most ever
+    await rt.start()
+    try:
+
+        def unit(number: int) -> Any:
+            async def work(session: Session) -> None:
+                runs.append(number)
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight)
+                try:
+                    await rt.db["scratch"].insert_many(
+                        [{"unit": number, "i": i} for i in range(200)], session=session
+                    )
+                    await asyncio.sleep(0.01)  # widen the window a conflict would need
+                    await rt.outbox.add_packed(
+                        session, [serialized(event_id, results_event(event_id, number))]
+                    )
+                finally:
+                    in_flight[0] -= 1
+
+            return work
+
+        await asyncio.gather(*(rt.transact(unit(n)) for n in range(1, 21)))
+        stored = await rt.db["scratch"].count_documents({})
+        pending = await rt.outbox.pending_count()
+    finally:
+        await rt.stop()
+    assert sorted(runs) == list(range(1, 21)), "no unit of work ran twice"
+    assert in_flight[1] == 1
+    assert (stored, pending) == (20 * 200, 20)
