@@ -174,15 +174,7 @@ class Outbox:
         JSON validates against the contract)."""
         if not items:
             return []
-        counter = await self._db[COUNTERS].find_one_and_update(
-            {"_id": OUTBOX},
-            {"$inc": {"seq": len(items)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
-        last = int(counter["seq"])
+        last = await self._next_sequence(session, len(items))
         first = last - len(items) + 1
         created_at = utc_now()
         docs: list[dict[str, Any]] = [

@@ -230,21 +230,21 @@ class AwardsService:
         """Grant every decision with a handful of round trips whatever their number (one
         certificate reservation per series, one insert of the awards, one of their audit):
         a finalisation's awards sit on the path to the leadership's notification."""
-        series: dict[AwardType, list[Decision]] = defaultdict(list)
-        for decision in decisions:
-            series[decision.award_type].append(decision)
+        series: dict[tuple[CompetitionLevel, int, AwardType], list[int]] = defaultdict(list)
+        for index, decision in enumerate(decisions):
+            competition = decision.competition
+            series[(competition.level, competition.year, decision.award_type)].append(index)
         numbers: dict[int, str] = {}
-        for award_type, members in series.items():
-            competition = members[0].competition
+        for (level, year, award_type), indexes in series.items():
             reserved = await self.repo.reserve_certificate_numbers(
-                competition.level, competition.year, award_type, len(members), session
+                level, year, award_type, len(indexes), session
             )
-            numbers.update(zip(map(id, members), reserved, strict=True))
+            numbers.update(zip(indexes, reserved, strict=True))
         documents: list[Doc] = []
         audits: list[Doc] = []
         granted: list[str] = []
-        for decision in decisions:
-            certificate_no = numbers[id(decision)]
+        for index, decision in enumerate(decisions):
+            certificate_no = numbers[index]
             award_id = "aw-" + uuid.uuid4().hex
             rule = policy.rule_for(decision.award_type)
             documents.append(

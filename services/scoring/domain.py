@@ -54,6 +54,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from itertools import combinations
+from typing import Any
 
 from shared.errors import DomainError
 from shared.events import (
@@ -185,19 +186,24 @@ class Mark:
             recorded_at=payload.recorded_at,
         )
 
-    def to_payload(self, event_id: str) -> MarkRecordedPayload:
-        return MarkRecordedPayload(
-            mark_id=self.mark_id,
-            event_id=event_id,
-            entry_id=self.entry_id,
-            member_id=self.member_id,
-            judge_id=self.judge_id,
-            component=self.component,
-            value=self.value,
-            supersedes=self.supersedes,
-            reason=self.reason,
-            recorded_at=self.recorded_at,
-        )
+    def to_payload(self, event_id: str, *, validate: bool = True) -> MarkRecordedPayload:
+        """`validate=False` builds it without pydantic's checks, for a mark the domain already
+        admitted (see `scoring.handlers.mark_recorded`: the hot path of every mark)."""
+        fields: dict[str, Any] = {
+            "mark_id": self.mark_id,
+            "event_id": event_id,
+            "entry_id": self.entry_id,
+            "member_id": self.member_id,
+            "judge_id": self.judge_id,
+            "component": self.component,
+            "value": self.value,
+            "supersedes": self.supersedes,
+            "reason": self.reason,
+            "recorded_at": self.recorded_at,
+        }
+        if validate:
+            return MarkRecordedPayload(**fields)
+        return MarkRecordedPayload.model_construct(**fields)
 
 
 class AddOutcome(StrEnum):

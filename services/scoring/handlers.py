@@ -42,7 +42,6 @@ from shared.events import (
     EventResultsAmended,
     EventResultsPayload,
     MarkRecorded,
-    MarkRecordedPayload,
     RegistrationEvent,
     StandingsUpdated,
     new_event,
@@ -147,18 +146,7 @@ def mark_recorded(event_id: str, mark: Mark, correlation_id: str) -> SerializedE
     are at least as strict as the contract; tests decode the output strictly to keep it so.
     At thousands of marks a second, validating each envelope again was a fifth of the CPU.
     """
-    payload = MarkRecordedPayload.model_construct(
-        mark_id=mark.mark_id,
-        event_id=event_id,
-        entry_id=mark.entry_id,
-        member_id=mark.member_id,
-        judge_id=mark.judge_id,
-        component=mark.component,
-        value=mark.value,
-        supersedes=mark.supersedes,
-        reason=mark.reason,
-        recorded_at=mark.recorded_at,
-    )
+    payload = mark.to_payload(event_id, validate=False)
     envelope = MarkRecorded.model_construct(
         event_id=uuid.uuid4(),
         event_type="MarkRecorded",
