@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 
 from jinchui.infra import initiate_replica_set, run_coro, start_infra
 from shared.kafka_admin import ensure_topics
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.topics import ALL_TOPICS
 
 DOCKER_KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9 in KRaft mode
@@ -42,6 +42,15 @@ class Infra:
     # The local state folder when jinchui.infra started the servers, so fault-injection tests
     # can call jinchui.infra.restart_kafka / restart_mongo; None otherwise.
     state_dir: Path | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Service settings pointing at these servers (e.g. `mongodb_db_prefix=...`)."""
+        return Settings(
+            kafka_bootstrap_servers=self.kafka_bootstrap,
+            mongodb_url=self.mongodb_url,
+            kafka_idempotence=self.kafka_idempotence,
+            **overrides,
+        )
 
 
 def _docker_answers() -> bool:

@@ -261,11 +261,8 @@ class AwardsUnderTest:
 
 @pytest.fixture(scope="module")
 async def awards(infra: Any) -> AsyncIterator[AwardsUnderTest]:
-    settings = Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
+    settings = infra.settings(
         mongodb_db_prefix="t" + uuid.uuid4().hex[:8],
-        kafka_idempotence=infra.kafka_idempotence,
     )
     app = create_app(settings)
     decisions = DecisionLog(infra.kafka_bootstrap)

@@ -20,7 +20,6 @@ from services.awards.policy import DEFAULT_POLICY_DIR, PolicyError, load_policie
 from services.awards.repository import AWARDS, AwardsRepository
 from shared.auth import Role
 from shared.events import AwardGranted, AwardType, EventFormat, Member, ResultLine
-from shared.settings import Settings
 from tests.awards.conftest import (
     AwardsUnderTest,
     competition,
@@ -414,11 +413,8 @@ def test_a_broken_policy_file_stops_the_service(
     )
     district.write_text(text.replace("rank_to: 3", "rank_to: three", 1), encoding="utf-8")
     monkeypatch.setenv(POLICY_DIR_ENV, str(tmp_path))
-    settings = Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
+    settings = infra.settings(
         mongodb_db_prefix=db_prefix,
-        kafka_idempotence=infra.kafka_idempotence,
     )
     with pytest.raises(PolicyError) as refused:
         create_app(settings)

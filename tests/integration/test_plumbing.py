@@ -35,19 +35,8 @@ from shared.kafka import RelayPublisher, consumer_options, strict_decoder
 from shared.mongo import Session
 from shared.outbox import OUTBOX, OutboxRelay, SerializedEvent
 from shared.runtime import AUDIT, ServiceRuntime
-from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def settings_for(infra: Any, db_prefix: str, **overrides: Any) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
-        kafka_idempotence=infra.kafka_idempotence,
-        mongodb_db_prefix=db_prefix,
-        **overrides,
-    )
 
 
 def results_event(event_id: str, version: int = 1) -> EventFinalized:
@@ -104,7 +93,7 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> int:
 
 @pytest.fixture
 async def runtime(infra: Any, db_prefix: str) -> AsyncIterator[ServiceRuntime]:
-    rt = ServiceRuntime("plumbing", settings_for(infra, db_prefix))
+    rt = ServiceRuntime("plumbing", infra.settings(mongodb_db_prefix=db_prefix))
     yield rt
 
 
@@ -171,7 +160,7 @@ async def test_packed_and_single_outbox_documents_publish_in_one_order(
 ) -> None:
     """Packed documents (many events each) and single ones share the sequence; a relay pass
     is bounded by events, yet always takes one whole document; all end up published."""
-    rt = ServiceRuntime("plumbing", settings_for(infra, db_prefix), relay_outbox=False)
+    rt = ServiceRuntime("plumbing", infra.settings(mongodb_db_prefix=db_prefix), relay_outbox=False)
     event_id = "ev-" + uuid.uuid4().hex[:8]
     events = [results_event(event_id, version=v) for v in range(1, 32)]
     await rt.start()
@@ -294,7 +283,7 @@ class Echo(BaseModel):
 
 
 async def test_http_edge_auth_limits_errors_health_and_audit(infra: Any, db_prefix: str) -> None:
-    settings = settings_for(infra, db_prefix, max_body_bytes=2048)
+    settings = infra.settings(mongodb_db_prefix=db_prefix, max_body_bytes=2048)
     runtime = ServiceRuntime("edge", settings)
     router = APIRouter()
 
@@ -403,7 +392,7 @@ async def test_a_service_runs_its_transactions_one_at_a_time_so_none_is_redone(
     """Every transaction bumps the outbox sequence; were two of one process in flight at once,
     MongoDB would abort one on that counter and `with_transaction` would run its work again
     (a thousand marks re-inserted). Queued, each unit of work runs exactly once."""
-    rt = ServiceRuntime("plumbing", settings_for(infra, db_prefix), relay_outbox=False)
+    rt = ServiceRuntime("plumbing", infra.settings(mongodb_db_prefix=db_prefix), relay_outbox=False)
     event_id = "ev-" + uuid.uuid4().hex[:8]
     runs: list[int] = []
     in_flight = [0, 0]  # now, most ever

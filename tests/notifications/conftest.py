@@ -222,10 +222,7 @@ class Service:
 async def service(
     infra: Any, smtp_server: tuple[MailSink, int], webhook: WebhookReceiver
 ) -> AsyncIterator[Service]:
-    settings = Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
-        kafka_idempotence=infra.kafka_idempotence,
+    settings = infra.settings(
         mongodb_db_prefix="t" + uuid.uuid4().hex[:8],
         webhook_secret=WEBHOOK_SECRET,
         smtp_port=smtp_server[1],

@@ -16,7 +16,7 @@ from services.registration.app import create_app
 from services.registration.domain import national_id_check_character
 from shared.auth import Role, issue_token
 from shared.events import utc_now
-from shared.settings import Settings, get_settings
+from shared.settings import get_settings
 
 
 def national_id(serial: int) -> str:
@@ -163,18 +163,9 @@ async def make_world(
     return world
 
 
-def settings_for(infra: Any, db_prefix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
-        mongodb_db_prefix=db_prefix,
-        kafka_idempotence=infra.kafka_idempotence,
-    )
-
-
 @pytest.fixture(scope="module")
 async def api(infra: Any) -> AsyncIterator[Api]:
-    settings = settings_for(infra, "treg" + uuid.uuid4().hex[:8])
+    settings = infra.settings(mongodb_db_prefix="treg" + uuid.uuid4().hex[:8])
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

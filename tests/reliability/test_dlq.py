@@ -52,11 +52,7 @@ async def dead_letters(infra: Any) -> tuple[Settings, str]:
             )
     finally:
         await producer.stop()
-    settings = Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
-        kafka_idempotence=infra.kafka_idempotence,
-    )
+    settings = infra.settings()
     return settings, topic
 
 

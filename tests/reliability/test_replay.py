@@ -36,15 +36,6 @@ from shared.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-def settings_for(infra: Any, prefix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
-        kafka_idempotence=infra.kafka_idempotence,
-        mongodb_db_prefix=prefix,
-    )
-
-
 async def publish_roster(bootstrap: str, event_id: str, entry_ids: list[str]) -> None:
     now = utc_now()
     competition = CompetitionRef(
@@ -117,7 +108,7 @@ async def wait_roster(
 async def test_replay_rebuilds_the_scoring_roster(
     infra: Any, db_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings_for(infra, db_prefix)
+    settings = infra.settings(mongodb_db_prefix=db_prefix)
     event_id = f"ev-{uuid.uuid4().hex[:8]}"
     entries = [f"{event_id}-e{i}" for i in range(3)]
     client: AsyncMongoClient[Any] = AsyncMongoClient(infra.mongodb_url)
@@ -170,7 +161,7 @@ async def assert_group_at_beginning(
 
 
 async def test_replay_refuses_while_the_service_runs(infra: Any, db_prefix: str) -> None:
-    settings = settings_for(infra, db_prefix)
+    settings = infra.settings(mongodb_db_prefix=db_prefix)
     event_id = f"ev-{uuid.uuid4().hex[:8]}"
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -47,7 +47,7 @@ from shared.events import (
     new_event,
     utc_now,
 )
-from shared.settings import Settings, get_settings
+from shared.settings import get_settings
 
 
 @dataclass
@@ -88,11 +88,8 @@ class ScoringHarness:
 
 @pytest.fixture(scope="session")
 async def scoring(infra: Any) -> AsyncIterator[ScoringHarness]:
-    settings = Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
+    settings = infra.settings(
         mongodb_db_prefix="ts" + uuid.uuid4().hex[:8],
-        kafka_idempotence=infra.kafka_idempotence,
     )
     app = create_app(settings)
     port = free_port()

@@ -56,10 +56,7 @@ def require_factory(service: str) -> AppFactory:
 def security_settings(infra: Any, db_prefix: str, **overrides: Any) -> Settings:
     # The JWT secret comes from the environment as it does for `authenticate`
     # (shared.auth reads get_settings()), so tokens issued here verify there.
-    return Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
-        kafka_idempotence=infra.kafka_idempotence,
+    return infra.settings(
         mongodb_db_prefix=db_prefix,
         **overrides,
     )

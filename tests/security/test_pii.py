@@ -56,9 +56,7 @@ def registration_process(infra: Any, tmp_path: Path) -> Iterator[tuple[str, Sett
         "MONGODB_URL": infra.mongodb_url,
         "JINCHUI_KAFKA_IDEMPOTENCE": "true" if infra.kafka_idempotence else "false",
     }
-    settings = Settings(
-        kafka_bootstrap_servers=infra.kafka_bootstrap,
-        mongodb_url=infra.mongodb_url,
+    settings = infra.settings(
         mongodb_db_prefix=prefix,
     )
     with log_path.open("wb") as log_file:
