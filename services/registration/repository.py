@@ -223,27 +223,6 @@ def entry_doc(entry: Entry) -> Doc:
     return doc
 
 
-def new_entry_docs(entries: Sequence[Entry]) -> list[Doc]:
-    """`entry_doc` of new (registered, never withdrawn) entries without per-row enum and
-    branch work: the bulk hot loop."""
-    registered = REGISTERED
-    docs: list[Doc] = []
-    append = docs.append
-    for e in entries:
-        doc = {
-            "_id": e.entry_id,
-            "event_id": e.event_id,
-            "union_id": e.union_id,
-            "member_ids": list(e.member_ids),
-            "registered_at": e.registered_at,
-            "status": registered,
-        }
-        if e.team_name:
-            doc["team_name"] = e.team_name
-        append(doc)
-    return docs
-
-
 def entry_from(doc: Doc) -> Entry:
     return Entry(
         entry_id=doc["_id"],
@@ -344,13 +323,11 @@ class RegistrationRepository:
             await self.db[WORKERS].insert_many(
                 [worker_doc(w) for w in workers], ordered=True, session=session
             )
-        except DuplicateKeyError as error:
-            raise AlreadyExists(_duplicate_id(error)) from None
-        except Exception as error:  # BulkWriteError wraps duplicate keys of insert_many
-            key = _bulk_duplicate_id(error)
+        except Exception as error:  # DuplicateKeyError, or a BulkWriteError wrapping one
+            key = _duplicate_key(error)
             if key is None:
                 raise
-            raise AlreadyExists(key) from None
+            raise AlreadyExists(str(key.get("_id", ""))) from None
 
     async def workers(
         self, ids: Iterable[str], session: Session | None = None
@@ -436,15 +413,13 @@ class RegistrationRepository:
             return
         try:
             await self.db[ENTRIES].insert_many(
-                new_entry_docs(entries), ordered=False, session=session
+                [entry_doc(e) for e in entries], ordered=False, session=session
             )
-        except DuplicateKeyError as error:
-            raise _duplicate(error.details) from None
-        except Exception as error:  # BulkWriteError wraps duplicate keys of insert_many
-            duplicate = _bulk_duplicate(error)
-            if duplicate is None:
+        except Exception as error:  # DuplicateKeyError, or a BulkWriteError wrapping one
+            key = _duplicate_key(error)
+            if key is None:
                 raise
-            raise duplicate from None
+            raise _entry_conflict(key) from None
         await self.take_quota(entries, quotas, session)
 
     async def take_quota(
@@ -567,36 +542,23 @@ def remembered_body(doc: Doc) -> Any:
     return orjson.loads(zlib.decompress(bytes(doc["body"])))
 
 
-def _duplicate_id(error: DuplicateKeyError) -> str:
-    details = error.details or {}
-    key_value = details.get("keyValue") or {}
-    return str(key_value.get("_id", ""))
+def _duplicate_key(error: Exception) -> dict[str, Any] | None:
+    """The key of a duplicate-key error, from a single insert or an `insert_many` (whose
+    BulkWriteError lists its write errors); None for any other error."""
+    details = getattr(error, "details", None)
+    if isinstance(error, DuplicateKeyError):
+        return (details or {}).get("keyValue") or {}
+    if not isinstance(details, dict):
+        return None
+    for write_error in details.get("writeErrors", []):
+        if write_error.get("code") == 11000:
+            return write_error.get("keyValue") or {}
+    return None
 
 
-def _duplicate(details: Mapping[str, Any] | None) -> Exception:
+def _entry_conflict(key: Mapping[str, Any]) -> Exception:
     """The domain-facing error of an entry insert's duplicate key: a taken worker (the
     member index) or a taken entry id."""
-    key_value = (details or {}).get("keyValue") or {}
-    if "member_ids" in key_value:
-        return WorkerTaken(str(key_value["member_ids"]))
-    return AlreadyExists(str(key_value.get("_id", "")))
-
-
-def _bulk_duplicate(error: Exception) -> Exception | None:
-    details = getattr(error, "details", None)
-    if not isinstance(details, dict):
-        return None
-    for write_error in details.get("writeErrors", []):
-        if write_error.get("code") == 11000:
-            return _duplicate(write_error)
-    return None
-
-
-def _bulk_duplicate_id(error: Exception) -> str | None:
-    details = getattr(error, "details", None)
-    if not isinstance(details, dict):
-        return None
-    for write_error in details.get("writeErrors", []):
-        if write_error.get("code") == 11000:
-            return str((write_error.get("keyValue") or {}).get("_id", ""))
-    return None
+    if "member_ids" in key:
+        return WorkerTaken(str(key["member_ids"]))
+    return AlreadyExists(str(key.get("_id", "")))
