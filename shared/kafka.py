@@ -81,12 +81,9 @@ class RelayPublisher:
     publishers do, so an event id's messages share a partition whichever path sent them.
     """
 
-    # No linger: a relay pass hands a whole batch to the producer before it yields, so the
-    # records batch anyway, and lingering would only add to every hop's latency.
-    def __init__(self, settings: Settings, *, client_id: str, linger_ms: int = 0) -> None:
+    def __init__(self, settings: Settings, *, client_id: str) -> None:
         self._settings = settings
         self._client_id = f"{client_id}-relay"
-        self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -96,7 +93,9 @@ class RelayPublisher:
             client_id=self._client_id,
             acks="all",
             enable_idempotence=self._settings.kafka_idempotence,
-            linger_ms=self._linger_ms,
+            # No linger: a relay pass hands a whole batch to the producer before it yields,
+            # so the records batch anyway; lingering would only add to every hop's latency.
+            linger_ms=0,
             max_batch_size=512 * 1024,
             request_timeout_ms=30_000,
         )
