@@ -87,27 +87,6 @@ class OutgoingRecord:
         self.headers = headers
 
 
-def outbox_document(
-    seq: int,
-    topic: str,
-    key: str,
-    event: Envelope[Any],
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    return {
-        "_id": seq,
-        "topic": topic,
-        "key": key,
-        "event_id": str(event.event_id),
-        "event_type": event.event_type,
-        "correlation_id": event.correlation_id,
-        "value": event.model_dump_json(),
-        "headers": headers or {},
-        "published": False,
-        "created_at": utc_now(),
-    }
-
-
 class SerializedEvent(NamedTuple):
     topic: str
     key: str
@@ -116,6 +95,21 @@ class SerializedEvent(NamedTuple):
     correlation_id: str
     value: str
     headers: dict[str, str] | None = None
+
+    @classmethod
+    def of(
+        cls, topic: str, key: str, event: Envelope[Any], headers: dict[str, str] | None = None
+    ) -> SerializedEvent:
+        """An envelope serialised for the outbox; `headers` travel as Kafka headers."""
+        return cls(
+            topic,
+            key,
+            str(event.event_id),
+            event.event_type,
+            event.correlation_id,
+            event.model_dump_json(),
+            headers,
+        )
 
 
 class Outbox:
@@ -131,11 +125,10 @@ class Outbox:
         headers: dict[str, str] | None = None,
     ) -> int:
         """Append one event; `headers` travel as Kafka headers (e.g. a dead-letter reason)."""
-        counter = await self._next_sequence(session, 1)
-        await self._db[OUTBOX].insert_one(
-            outbox_document(counter, topic, key, event, headers), session=session
+        [sequence] = await self.add_serialized(
+            session, [SerializedEvent.of(topic, key, event, headers)]
         )
-        return counter
+        return sequence
 
     async def _next_sequence(self, session: Session, count: int) -> int:
         """Reserve `count` sequence numbers; returns the last one."""
@@ -154,18 +147,7 @@ class Outbox:
     ) -> list[int]:
         """Append events in order; one counter bump per call keeps batches cheap."""
         return await self.add_serialized(
-            session,
-            [
-                SerializedEvent(
-                    topic,
-                    key,
-                    str(event.event_id),
-                    event.event_type,
-                    event.correlation_id,
-                    event.model_dump_json(),
-                )
-                for topic, key, event in items
-            ],
+            session, [SerializedEvent.of(topic, key, event) for topic, key, event in items]
         )
 
     async def add_serialized(self, session: Session, items: Sequence[SerializedEvent]) -> list[int]:

@@ -157,14 +157,7 @@ def mark_recorded(event_id: str, mark: Mark, correlation_id: str) -> SerializedE
         causation_id=None,
         payload=payload,
     )
-    return SerializedEvent(
-        topics.SCORING_MARKS,
-        event_id,
-        str(envelope.event_id),
-        "MarkRecorded",
-        correlation_id,
-        envelope.model_dump_json(),
-    )
+    return SerializedEvent.of(topics.SCORING_MARKS, event_id, envelope)
 
 
 class ScoringService:

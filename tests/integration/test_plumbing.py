@@ -144,15 +144,7 @@ async def test_outbox_relay_publishes_committed_events_in_order(
 
 
 def serialized(event_id: str, event: EventFinalized) -> SerializedEvent:
-    return SerializedEvent(
-        topics.SCORING_RESULTS,
-        event_id,
-        str(event.event_id),
-        event.event_type,
-        event.correlation_id,
-        event.model_dump_json(),
-        {"source": "packed"},
-    )
+    return SerializedEvent.of(topics.SCORING_RESULTS, event_id, event, {"source": "packed"})
 
 
 async def test_packed_and_single_outbox_documents_publish_in_one_order(
