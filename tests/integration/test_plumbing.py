@@ -35,6 +35,7 @@ from shared.kafka import RelayPublisher, consumer_options, strict_decoder
 from shared.mongo import Session
 from shared.outbox import OUTBOX, OutboxRelay, SerializedEvent
 from shared.runtime import AUDIT, ServiceRuntime
+from tests.topic_reader import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -56,25 +57,6 @@ def results_event(event_id: str, version: int = 1) -> EventFinalized:
     event = new_event(EventFinalized, payload, producer="test", correlation_id="corr-" + event_id)
     assert isinstance(event, EventFinalized)
     return event
-
-
-async def read_topic(
-    bootstrap: str, topic: str, predicate: Any, count: int, timeout: float = 20.0
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(found) < count and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                found.extend(r for r in records if predicate(r))
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> int:
@@ -124,8 +106,8 @@ async def test_outbox_relay_publishes_committed_events_in_order(
         with pytest.raises(RuntimeError):
             await runtime.transact(aborted)
 
-        records = await read_topic(
-            infra.kafka_bootstrap, topics.SCORING_RESULTS, lambda r: r.key == event_id.encode(), 30
+        records = await read_records(
+            infra.kafka_bootstrap, topics.SCORING_RESULTS, 30, key=event_id
         )
         # The relay marks documents published after Kafka acknowledged them, so a reader may
         # see the records a moment before the marks: wait for them.
@@ -186,8 +168,8 @@ async def test_packed_and_single_outbox_documents_publish_in_one_order(
             await rt.transact(aborted)
         assert await rt.outbox.pending_count() == 31
         passes = [await relay.drain() for _ in range(5)]
-        records = await read_topic(
-            infra.kafka_bootstrap, topics.SCORING_RESULTS, lambda r: r.key == event_id.encode(), 31
+        records = await read_records(
+            infra.kafka_bootstrap, topics.SCORING_RESULTS, 31, key=event_id
         )
         unpublished = await rt.db[OUTBOX].count_documents({"published": False})
         pending = await rt.outbox.pending_count()
@@ -252,7 +234,7 @@ async def test_poison_and_rule_breaking_messages_go_to_the_dead_letter_topic(
             if handled:
                 break
             await asyncio.sleep(0.1)
-        dead = await read_topic(infra.kafka_bootstrap, topics.dlq(topic), lambda r: True, 3)
+        dead = await read_records(infra.kafka_bootstrap, topics.dlq(topic), 3)
     finally:
         await producer.stop()
         await runtime.stop()

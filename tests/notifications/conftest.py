@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from fastapi import FastAPI
@@ -245,25 +245,6 @@ async def producer(infra: Any) -> AsyncIterator[AIOKafkaProducer]:
 
 async def publish(producer: AIOKafkaProducer, topic: str, key: str, event: Any) -> None:
     await producer.send_and_wait(topic, encode_event(event), key=key.encode())
-
-
-async def read_topic(
-    bootstrap: str, topic: str, predicate: Callable[[Any], bool], count: int, timeout: float = 15
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(found) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                found.extend(r for r in records if predicate(r))
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def sse_events(

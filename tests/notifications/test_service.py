@@ -27,6 +27,7 @@ from shared.events import (
     decode_event,
     new_event,
 )
+from tests.topic_reader import read_records
 
 from .conftest import (
     MailSink,
@@ -35,7 +36,6 @@ from .conftest import (
     competition,
     granted,
     publish,
-    read_topic,
     revoked,
     sse_events,
     unique,
@@ -144,11 +144,12 @@ async def test_every_channel_delivers_once_with_outcomes(
     assert "李娜" in str(messages[0]["Subject"])
     assert "五一劳动奖章" in messages[0].get_content()
 
-    delivered = await read_topic(
+    delivered = await read_records(
         infra.kafka_bootstrap,
         topics.NOTIFICATIONS_DELIVERIES,
-        lambda r: outcomes.validate_json(r.value).payload.award_id == award_id,
         3,
+        where=lambda r: outcomes.validate_json(r.value).payload.award_id == award_id,
+        timeout=15,
     )
     events = [outcomes.validate_json(r.value) for r in delivered]
     assert len(events) == 3
@@ -188,11 +189,12 @@ async def test_failing_webhook_is_retried_then_dead_lettered(
     assert "503" in record["dead_letter"]["reason"]
     assert len(webhook.for_award(award_id)) == 3, "three attempts reached the receiver"
 
-    failed = await read_topic(
+    failed = await read_records(
         infra.kafka_bootstrap,
         topics.NOTIFICATIONS_DELIVERIES,
-        lambda r: outcomes.validate_json(r.value).payload.award_id == award_id,
         1,
+        where=lambda r: outcomes.validate_json(r.value).payload.award_id == award_id,
+        timeout=15,
     )
     assert len(failed) == 1
     outcome = outcomes.validate_json(failed[0].value)
@@ -200,11 +202,12 @@ async def test_failing_webhook_is_retried_then_dead_lettered(
     assert outcome.payload.attempts == 3
     assert "503" in outcome.payload.error
 
-    dead = await read_topic(
+    dead = await read_records(
         infra.kafka_bootstrap,
         topics.dlq(topics.AWARDS_DECISIONS),
-        lambda r: decode_event(r.value).event_id == decision.event_id,
         1,
+        where=lambda r: decode_event(r.value).event_id == decision.event_id,
+        timeout=15,
     )
     assert len(dead) == 1, "the undeliverable decision is dead-lettered, unchanged"
     assert dead[0].key == key_of(decision).encode()

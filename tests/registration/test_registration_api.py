@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from services.registration.domain import hash_national_id
 from shared import topics
@@ -25,6 +24,7 @@ from tests.registration.conftest import (
     officer_token,
     uid,
 )
+from tests.topic_reader import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -36,28 +36,6 @@ def rule_of(response: Any) -> tuple[int, str]:
 async def register(api: Api, union_id: str, event_id: str, worker_ids: list[str], **kw: Any):
     body = {"event_id": event_id, "union_id": union_id, "worker_ids": worker_ids, **kw}
     return await api.post("/entries", officer_token(union_id), body)
-
-
-async def read_registration_topic(
-    bootstrap: str, event_id: str, count: int, timeout: float = 20.0
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topics.REGISTRATION_ENTRIES,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(found) < count and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                found.extend(r for r in records if r.key == event_id.encode())
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_office_sets_up_and_officers_register_view_and_list(api: Api) -> None:
@@ -311,7 +289,9 @@ async def test_events_reach_the_topic_and_national_ids_stay_masked(api: Api, inf
     entry = (await register(api, u1, world.individual, [worker])).json()
     withdrawn = await api.post(f"/entries/{entry['entry_id']}/withdraw", officer_token(u1), {})
     assert withdrawn.status_code == 200
-    records = await read_registration_topic(infra.kafka_bootstrap, world.individual, 3)
+    records = await read_records(
+        infra.kafka_bootstrap, topics.REGISTRATION_ENTRIES, 3, key=world.individual
+    )
     events = [decode_event(r.value) for r in records]
     assert [e.event_type for e in events] == ["EventPublished", "EntryRegistered", "EntryWithdrawn"]
     registered = events[1]

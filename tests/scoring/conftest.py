@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
 from jinchui.stack import free_port
@@ -255,26 +255,6 @@ async def set_up_contest(
 
     await wait_for(roster_complete)
     return contest
-
-
-async def read_topic(
-    bootstrap: str, topic: str, key: str, count: int, timeout: float = 20.0
-) -> list[Any]:
-    """Records of `topic` with the given key, from the beginning (real Kafka)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(found) < count and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                found.extend(r for r in records if r.key == key.encode())
-    finally:
-        await consumer.stop()
-    return found
 
 
 def practical_only_scheme(tolerance: str = "20") -> ScoringScheme:

@@ -19,12 +19,12 @@ from shared import topics
 from shared.auth import Role
 from shared.events import ResultsEvent, StandingsUpdated
 from shared.runtime import AUDIT
+from tests.topic_reader import read_records
 
 from .conftest import (
     Contest,
     ScoringHarness,
     practical_only_scheme,
-    read_topic,
     set_up_contest,
     standings_of,
     wait_for,
@@ -258,7 +258,7 @@ async def test_flags_block_finalisation_until_resolved_then_results_are_publishe
     )
     assert other.status_code == 409
 
-    records = await read_topic(scoring.bootstrap, topics.SCORING_RESULTS, contest.event_id, 2)
+    records = await read_records(scoring.bootstrap, topics.SCORING_RESULTS, 2, key=contest.event_id)
     results = [TypeAdapter(ResultsEvent).validate_json(r.value) for r in records]
     assert [(r.event_type, r.payload.version) for r in results] == [
         ("EventFinalized", 1),
@@ -408,19 +408,23 @@ async def test_standings_stream_and_kafka_follow_marks(scoring: ScoringHarness) 
     assert seen[0]["marks_counted"] == 0
     assert seen[-1]["lines"][0]["entry_id"] == contest.entry(2)
 
-    records = await read_topic(scoring.bootstrap, topics.SCORING_STANDINGS, contest.event_id, 1)
+    records = await read_records(
+        scoring.bootstrap, topics.SCORING_STANDINGS, 1, key=contest.event_id
+    )
     updates = [StandingsUpdated.model_validate_json(r.value) for r in records]
     assert updates and updates[-1].payload.event.event_id == contest.event_id
     latest = await wait_for(
         lambda: _latest_standings_counted(scoring, contest.event_id), timeout=10
     )
     assert latest.payload.lines[0].entry_id == contest.entry(2)
-    marks = await read_topic(scoring.bootstrap, topics.SCORING_MARKS, contest.event_id, 1)
+    marks = await read_records(scoring.bootstrap, topics.SCORING_MARKS, 1, key=contest.event_id)
     assert len(marks) == 1
 
 
 async def _latest_standings_counted(scoring: ScoringHarness, event_id: str) -> Any:
-    records = await read_topic(scoring.bootstrap, topics.SCORING_STANDINGS, event_id, 99, timeout=1)
+    records = await read_records(
+        scoring.bootstrap, topics.SCORING_STANDINGS, 99, key=event_id, timeout=1
+    )
     updates = [StandingsUpdated.model_validate_json(r.value) for r in records]
     counted = [u for u in updates if u.payload.marks_counted >= 1]
     return counted[-1] if counted else None

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 
 from services.registration.domain import (
@@ -34,6 +33,7 @@ from shared import topics
 from shared.auth import Role, issue_token
 from shared.settings import Settings
 from tests.security.conftest import free_port
+from tests.topic_reader import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -86,26 +86,6 @@ def registration_process(infra: Any, tmp_path: Path) -> Iterator[tuple[str, Sett
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-async def events_for(bootstrap: str, key: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topics.REGISTRATION_ENTRIES,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    found: list[bytes] = []
-    try:
-        deadline = time.monotonic() + 30
-        while len(found) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                found.extend(r.value for r in records if r.key == key.encode())
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_national_ids_are_hashed_at_rest_masked_in_logs_and_events(
@@ -204,7 +184,12 @@ async def test_national_ids_are_hashed_at_rest_masked_in_logs_and_events(
     assert not at_rest, f"raw national ids stored in MongoDB: {at_rest}"
     assert found_hashes == set(hashes), "every worker's national id must be stored as its hash"
 
-    published = await events_for(infra.kafka_bootstrap, event, count=2)
+    published = [
+        r.value
+        for r in await read_records(
+            infra.kafka_bootstrap, topics.REGISTRATION_ENTRIES, 2, key=event, timeout=30
+        )
+    ]
     assert published, "registration published no event for the test event"
     in_events = [s for s in [*secrets, *hashes] for value in published if s.encode() in value]
     assert not in_events, f"national ids or their hashes in registration.entries: {in_events}"
