@@ -88,6 +88,15 @@ def fresh(ids: Ids) -> Ids:
     return dataclasses.replace(ids, fresh=uuid.uuid4().hex[:8])
 
 
+def sample_requests(service: str, ids: Ids) -> Iterator[tuple[Target, Ids, Json]]:
+    """Each JSON endpoint of `service`, with fresh sample ids (so no endpoint's writes collide
+    with another's) and the valid sample body a test then corrupts."""
+    for target in json_targets(service):
+        sample_ids = fresh(ids)
+        assert target.rule.body is not None  # json_targets keeps the endpoints with a body
+        yield target, sample_ids, target.rule.body(sample_ids)
+
+
 def caller_headers(service: RunningService, rule: Rule, ids: Ids) -> dict[str, str]:
     """A token of a role the endpoint admits, in scope: hostile input must get past auth."""
     assert rule.roles is not None
@@ -208,9 +217,7 @@ async def test_operator_injection_is_refused_naming_the_field(
     service = await services.get(name)
     findings = Findings(name)
     async with service.client() as http:
-        for target in json_targets(name):
-            sample_ids = fresh(ids)
-            body = target.rule.body(sample_ids) if target.rule.body else None
+        for target, sample_ids, body in sample_requests(name, ids):
             for at, value in leaves(body):
                 if not isinstance(value, str):
                     continue
@@ -231,9 +238,7 @@ async def test_dollar_and_dotted_keys_never_reach_storage(
     service = await services.get(name)
     findings = Findings(name)
     async with service.client() as http:
-        for target in json_targets(name):
-            sample_ids = fresh(ids)
-            body = target.rule.body(sample_ids) if target.rule.body else None
+        for target, _sample_ids, body in sample_requests(name, ids):
             for at in dicts(body):
                 answer = await send(
                     http, service, target, fresh(ids), body=merged(body, at, HOSTILE_KEYS)
@@ -282,9 +287,7 @@ async def test_wrong_types_and_unknown_fields_get_a_4xx_or_are_ignored(
     service = await services.get(name)
     findings = Findings(name)
     async with service.client() as http:
-        for target in json_targets(name):
-            sample_ids = fresh(ids)
-            body = target.rule.body(sample_ids) if target.rule.body else None
+        for target, _sample_ids, body in sample_requests(name, ids):
             for at, value in leaves(body):
                 wrong: tuple[Json, ...] = (
                     (12345, [], {"x": 1}, None) if isinstance(value, str) else ("abc", [1], None)
@@ -311,9 +314,7 @@ async def test_unicode_edge_cases_in_names(name: str, services: ServicePool, ids
     service = await services.get(name)
     findings = Findings(name)
     async with service.client() as http:
-        for target in json_targets(name):
-            sample_ids = fresh(ids)
-            body = target.rule.body(sample_ids) if target.rule.body else None
+        for target, sample_ids, body in sample_requests(name, ids):
             for at, value in leaves(body):
                 if not at or at[-1] not in NAME_FIELDS or not isinstance(value, str):
                     continue
@@ -354,9 +355,7 @@ async def test_oversize_bodies_get_413(name: str, services: ServicePool, ids: Id
             yield raw[start : start + 256 * 1024]
 
     async with service.client(timeout=60) as http:
-        for target in json_targets(name):
-            sample_ids = fresh(ids)
-            body = target.rule.body(sample_ids) if target.rule.body else None
+        for target, sample_ids, body in sample_requests(name, ids):
             raw = json.dumps(padded(body, limit + 1024)).encode()
             answer = await send(http, service, target, sample_ids, raw=raw)
             if answer.status_code != 413:
